@@ -1,0 +1,27 @@
+"""kdbench: a benchmarking harness for model compression.
+
+Plugin authors use :data:`hookimpl` and the classes re-exported here.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .api import Batch, DataBundle, Dataset, Distiller, Executor, Hardware, Method, ModelPair, Outputs, PairInfo
+from .errors import ConfigError, DataError, KdbenchError, NotApplicableError, UnknownNameError
+from .hookspecs import hookimpl
+
+__version__ = "0.1.0"
+
+
+def leaderboard(*args: Any, **kwargs: Any):
+    """Build the leaderboard DataFrame from MLflow; see :func:`kdbench.leaderboards.build`."""
+    from .leaderboards import build
+
+    return build(*args, **kwargs)
+
+
+__all__ = [
+    "Batch", "ConfigError", "DataBundle", "DataError", "Dataset", "Distiller", "Executor", "Hardware",
+    "KdbenchError", "Method", "ModelPair", "NotApplicableError", "Outputs", "PairInfo", "UnknownNameError",
+    "__version__", "hookimpl", "leaderboard",
+]

@@ -1,0 +1,218 @@
+"""What plugins register, and the base class a distiller derives from.
+
+Plugin authors import these from ``kdbench`` directly.
+"""
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+
+
+# --------------------------------------------------------------------------- methods
+
+
+@dataclass
+class Outputs:
+    """One model's forward pass: logits and the feature taps a method asked for."""
+
+    logits: torch.Tensor
+    features: list[torch.Tensor] = field(default_factory=list)
+
+
+@dataclass
+class Batch:
+    """What the training loop hands a distiller each step."""
+
+    images: torch.Tensor
+    targets: torch.Tensor
+    indices: torch.Tensor  # position of each sample in the training set
+    student: Outputs
+    teacher: Outputs | None  # None when the method does not need a teacher
+    epoch: int  # 0-based
+    step: int  # global optimisation step, 0-based
+
+
+@dataclass
+class PairInfo:
+    """Shapes a distiller needs to build its extra modules (from a probe pass)."""
+
+    num_classes: int
+    num_train: int  # training-set size (memory banks need it)
+    student_shapes: list[torch.Size]  # one per requested student stage
+    teacher_shapes: list[torch.Size]  # one per requested teacher stage
+
+
+class Distiller(nn.Module):
+    """Base class of every method trained by the host's one training loop.
+
+    A subclass supplies only what differs between methods:
+
+    - ``loss_terms``: named loss tensors; the loop minimises their sum;
+    - ``student_stages`` / ``teacher_stages``: feature taps, as indices into
+      timm's ``forward_intermediates`` (negative counts from the end);
+    - extra trainable modules, created in ``setup`` as attributes of ``self``.
+      They are optimised with the student, never deployed, and their parameter
+      count is reported as ``extra_params``.
+
+    The teacher is frozen, in eval mode, and runs without gradients.
+    """
+
+    needs_teacher: bool = True
+    student_stages: Sequence[int] = ()
+    teacher_stages: Sequence[int] = ()
+
+    def check_pair(self, student: nn.Module, teacher: nn.Module | None) -> None:
+        """Raise ``NotApplicableError`` with the reason if this pair cannot be used."""
+
+    def setup(self, info: PairInfo) -> None:
+        """Build extra modules once shapes are known (called before training)."""
+
+    def loss_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered method: a name, a factory for its distiller, and its provenance.
+
+    ``factory(**options)`` returns a :class:`Distiller`. Its keyword arguments
+    are the method's options (with their defaults), settable from suites and
+    the CLI as ``kd(T=2,alpha=0.5)``.
+    """
+
+    name: str
+    factory: Callable[..., Distiller]
+    summary: str = ""
+    paper: str = ""
+    kind: Literal["distiller", "pruner", "quantizer"] = "distiller"
+
+    def defaults(self) -> dict[str, Any]:
+        sig = inspect.signature(self.factory)
+        return {
+            n: p.default
+            for n, p in sig.parameters.items()
+            if p.default is not inspect.Parameter.empty
+        }
+
+    def resolve_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """Defaults overlaid with ``options``; unknown option names are errors."""
+        defaults = self.defaults()
+        unknown = sorted(set(options) - set(defaults))
+        if unknown:
+            valid = ", ".join(sorted(defaults)) or "(none)"
+            raise ConfigError(
+                f"method {self.name!r} has no option {unknown[0]!r}; valid options: {valid}"
+            )
+        return {**defaults, **options}
+
+    def build(self, options: dict[str, Any]) -> Distiller:
+        return self.factory(**self.resolve_options(options))
+
+
+# --------------------------------------------------------------------------- pairs
+
+
+@dataclass(frozen=True)
+class ModelPair:
+    """A teacher and a student, each a timm model name with creation kwargs."""
+
+    name: str
+    teacher: str
+    student: str
+    teacher_kwargs: dict[str, Any] = field(default_factory=dict)
+    student_kwargs: dict[str, Any] = field(default_factory=dict)
+    summary: str = ""
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+@dataclass
+class DataBundle:
+    """Train/test splits of a dataset, ready for a DataLoader.
+
+    Both splits yield ``(image_tensor, label, index)``; ``train`` applies the
+    dataset's standard augmentation and normalisation, ``test`` normalisation only.
+    """
+
+    train: torch.utils.data.Dataset
+    test: torch.utils.data.Dataset
+    num_classes: int
+    input_size: tuple[int, int, int]  # (C, H, W)
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A registered dataset: ``build(**options)`` returns a :class:`DataBundle`.
+
+    Options come from the suite (e.g. ``root`` for data on disk). ``build``
+    raises ``DataError`` with a clear message when the data is missing.
+    """
+
+    name: str
+    build: Callable[..., DataBundle]
+    summary: str = ""
+    needs_root: bool = False  # True: reads files from the ``root`` option
+
+
+# --------------------------------------------------------------------------- hardware
+
+
+def _always_available() -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """A measurement target.
+
+    ``probe()`` returns None when the target is usable here, else the reason it
+    is not (the measurement is then recorded as skipped).
+    """
+
+    name: str
+    device: str  # torch device string: "cpu", "cuda:0", "mps"
+    threads: int | None = None  # CPU threads for measurement; None: all cores
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    summary: str = ""
+    probe: Callable[[], str | None] = _always_available
+
+
+# --------------------------------------------------------------------------- executors
+
+
+@dataclass(frozen=True)
+class Executor:
+    """Runs cells: ``run(jobs, run_one)`` calls ``run_one(job)`` for every job.
+
+    ``run_one`` returns the job's result; an executor returns results in job
+    order. Executors own scheduling only; tracking and failure handling are the
+    host's, inside ``run_one``.
+    """
+
+    name: str
+    run: Callable[[list[Any], Callable[[Any], Any]], list[Any]]
+    summary: str = ""
+
+
+__all__ = [
+    "Batch",
+    "DataBundle",
+    "Dataset",
+    "Distiller",
+    "Executor",
+    "Hardware",
+    "Method",
+    "ModelPair",
+    "Outputs",
+    "PairInfo",
+]

@@ -1,0 +1,220 @@
+"""Running one cell: train, evaluate, measure, and log it all to its MLflow run.
+
+``run_cell`` never raises for a failing cell: the run is marked FAILED with its
+traceback as an artifact and the result says so, so the suite goes on.
+Ctrl-C marks the run KILLED and stops the suite.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from . import tracking as tr
+from .api import DataBundle
+from .config import CellSpec
+from .engine.loop import EpochResult, train
+from .engine.models import count_params, create_model
+from .engine.seeding import seed_everything
+from .measure import MACS_COUNTER, measure_on_targets, static_metrics
+from .plugins import PluginHost
+from .progress import TrainingProgress, chain
+from .teachers import get_teacher
+
+
+@dataclass
+class CellJob:
+    """Everything a worker needs to run a cell and log it (picklable)."""
+
+    cell: CellSpec
+    experiment_id: str
+    parent_run_id: str
+    tracking_uri: str
+    plugins_dir: str | None = None
+
+
+@dataclass
+class CellResult:
+    cell: CellSpec
+    status: str  # FINISHED, FAILED, SKIPPED (already finished: resume)
+    run_id: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    seconds: float = 0.0
+
+
+_DATA: dict[str, DataBundle] = {}
+
+
+def load_data(host: PluginHost, cell: CellSpec) -> DataBundle:
+    """The dataset's bundle, built once per process."""
+    key = cell.dataset.model_dump_json()
+    if key not in _DATA:
+        _DATA[key] = host.datasets.get(cell.dataset.name).build(**cell.dataset.options)
+    return _DATA[key]
+
+
+def cell_tags(cell: CellSpec, host: PluginHost) -> dict[str, Any]:
+    t = tr.TAG
+    return {
+        t + "role": tr.ROLE_CELL,
+        t + "spec_hash": cell.spec_hash,
+        t + "suite": cell.suite,
+        t + "suite_version": cell.suite_version,
+        t + "method": str(cell.method),
+        t + "method_name": cell.method.name,
+        t + "pair": cell.pair,
+        t + "teacher": cell.teacher_arch,
+        t + "student": cell.student_arch,
+        t + "dataset": str(cell.dataset),
+        t + "seed": cell.seed,
+        t + "device": cell.device,
+        t + "score_epoch": "last",
+        t + "macs_counter": MACS_COUNTER,
+        **tr.environment_tags(host.plugin_versions()),
+    }
+
+
+def _epoch_metrics(r: EpochResult, prefix: str = "") -> dict[str, float]:
+    m = {
+        "train_loss": r.train_loss, "train_top1": r.train_top1, "test_top1": r.test_top1,
+        "test_top5": r.test_top5, "test_loss": r.test_loss, "lr": r.lr, "epoch_seconds": r.seconds,
+    }
+    m.update({f"loss.{k}": v for k, v in r.terms.items()})
+    return {prefix + k: v for k, v in m.items()}
+
+
+def run_cell(job: CellJob, host: PluginHost) -> CellResult:
+    cell = job.cell
+    c = tr.client(job.tracking_uri)
+    start = time.perf_counter()
+    run_id = tr.start_run(c, job.experiment_id, cell.label, cell_tags(cell, host), job.parent_run_id)
+    try:
+        method = host.methods.get(cell.method.name)
+        options = method.resolve_options(cell.method.options)
+        tr.log_params(c, run_id, {
+            **tr.flatten(cell.canonical()),
+            **{f"method.option.{k}": v for k, v in options.items()},
+            "spec_hash": cell.spec_hash,
+        })
+        c.log_text(run_id, json.dumps(cell.model_dump(mode="json"), indent=2, sort_keys=True), "cell_spec.json")
+        host.call("cell_started", cell=cell, run_id=run_id)
+
+        device = torch.device(cell.device)
+        data = load_data(host, cell)
+        teacher = _teacher_for(c, job, host, data, device)
+        tr.log_metrics(c, run_id, {
+            "teacher_top1": teacher.top1, "teacher_top5": teacher.top5, "teacher_params": count_params(teacher.model),
+        })
+        tr.set_tags(c, run_id, {tr.TAG + "teacher_source": teacher.source})
+
+        distiller = method.build(cell.method.options)
+        generator = seed_everything(cell.seed)
+        student = create_model(cell.student_arch, data.num_classes, data.input_size, **cell.student_kwargs)
+        distiller.check_pair(student, teacher.model if distiller.needs_teacher else None)
+
+        steps = len(data.train) // cell.recipe.batch_size
+        progress = TrainingProgress(f"{cell.method}/{cell.pair}/seed{cell.seed}", cell.recipe.epochs, steps)
+        try:
+            result = train(
+                student, distiller, teacher.model if distiller.needs_teacher else None, data, cell.recipe, device,
+                generator, on_step=progress.on_step,
+                on_epoch=chain(progress.on_epoch, lambda r: tr.log_metrics(c, run_id, _epoch_metrics(r), step=r.epoch)),
+            )
+        finally:
+            progress.close()
+
+        student.eval()
+        last, best = result.last, result.best
+        final = {
+            "top1": last.test_top1, "top5": last.test_top5,
+            "best_top1": best.test_top1, "best_epoch": best.epoch,
+            "train_seconds": result.seconds,
+            "extra_params": count_params(distiller),
+            "delta_teacher_top1": last.test_top1 - teacher.top1,
+        }
+        student_cpu = student.to("cpu")
+        final.update(static_metrics(student_cpu, data.input_size))
+        measured, measure_tags = measure_on_targets(
+            student_cpu, [host.hardware.get(h) for h in cell.hardware], data.input_size, cell.measure
+        )
+        final.update(measured)
+        example = torch.stack([data.test[i][0] for i in range(min(8, len(data.test)))])
+        for extra in host.call("extra_metrics", model=student_cpu, cell=cell, example=example):
+            if extra:
+                final.update({k: float(v) for k, v in extra.items()})
+        tr.log_metrics(c, run_id, final)
+        tr.set_tags(c, run_id, measure_tags)
+        _log_model(c, run_id, student_cpu)
+        c.set_terminated(run_id, "FINISHED")
+        host.call("cell_finished", cell=cell, run_id=run_id, status="FINISHED", metrics=final)
+        return CellResult(cell, "FINISHED", run_id, final, seconds=time.perf_counter() - start)
+    except KeyboardInterrupt:
+        _fail(c, run_id, "KILLED", "interrupted (KeyboardInterrupt)", traceback.format_exc())
+        raise
+    except Exception as exc:
+        message = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        _fail(c, run_id, "FAILED", message, traceback.format_exc())
+        host.call("cell_finished", cell=cell, run_id=run_id, status="FAILED", metrics={})
+        return CellResult(cell, "FAILED", run_id, error=message, seconds=time.perf_counter() - start)
+
+
+def _teacher_for(c, job: CellJob, host: PluginHost, data: DataBundle, device: torch.device):
+    """The cell's teacher; when it must be trained, that training is a run of its own."""
+    cell = job.cell
+    state: dict[str, Any] = {}
+
+    def started(key: str) -> None:
+        tags = {
+            tr.TAG + "role": tr.ROLE_TEACHER, tr.TAG + "teacher_key": key, tr.TAG + "teacher": cell.teacher_arch,
+            tr.TAG + "dataset": str(cell.dataset), tr.TAG + "seed": cell.teacher.seed, tr.TAG + "suite": cell.suite,
+            **tr.environment_tags(host.plugin_versions()),
+        }
+        state["run"] = tr.start_run(c, job.experiment_id, f"teacher/{cell.teacher_arch}/{cell.dataset}", tags, job.parent_run_id)
+        recipe = cell.teacher.recipe or cell.recipe
+        state["progress"] = TrainingProgress(f"teacher {cell.teacher_arch}", recipe.epochs, len(data.train) // recipe.batch_size)
+
+    def step(i: int, loss: float) -> None:
+        state["progress"].on_step(i, loss)
+
+    def epoch(r: EpochResult) -> None:
+        state["progress"].on_epoch(r)
+        tr.log_metrics(c, state["run"], _epoch_metrics(r), step=r.epoch)
+
+    try:
+        teacher = get_teacher(cell, data, device, on_train_start=started, on_epoch=epoch, on_step=step)
+    except BaseException as exc:
+        if "run" in state:
+            status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+            _fail(c, state["run"], status, f"{type(exc).__name__}: {exc}".splitlines()[0], traceback.format_exc())
+        raise
+    finally:
+        if "progress" in state:
+            state["progress"].close()
+    if "run" in state:
+        tr.log_metrics(c, state["run"], {"top1": teacher.top1, "top5": teacher.top5, "params": count_params(teacher.model)})
+        c.set_terminated(state["run"], "FINISHED")
+    return teacher
+
+
+def _log_model(c, run_id: str, model: torch.nn.Module) -> None:
+    """The trained student's state_dict, as the artifact ``student.pt``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "student.pt")
+        torch.save(model.state_dict(), path)
+        c.log_artifact(run_id, path)
+
+
+def _fail(c, run_id: str, status: str, message: str, details: str) -> None:
+    """Mark a run FAILED/KILLED with its reason as a tag and its traceback as an artifact."""
+    try:
+        c.set_tag(run_id, tr.TAG + "error", message[: tr.MAX_PARAM_LEN])
+        c.log_text(run_id, details, "traceback.txt")
+    finally:
+        c.set_terminated(run_id, status)

@@ -1,0 +1,66 @@
+"""The ``kdbench`` command line. One module per command group."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..errors import KdbenchError
+
+
+class KdbenchGroup(click.Group):
+    """Turns user mistakes into one line on stderr and exit code 2, and adds plugin commands."""
+
+    _plugin_commands_added = False
+
+    def _add_plugin_commands(self, ctx: click.Context) -> None:
+        if self._plugin_commands_added:
+            return
+        self._plugin_commands_added = True
+        from ..plugins import get_host
+
+        host = get_host(ctx.params.get("plugins_dir"))
+        host.call("register_commands", cli=self)
+
+    def get_command(self, ctx: click.Context, name: str):
+        cmd = super().get_command(ctx, name)
+        if cmd is None and not ctx.resilient_parsing:
+            self._add_plugin_commands(ctx)
+            cmd = super().get_command(ctx, name)
+        return cmd
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except KdbenchError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=KdbenchGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--plugins-dir", type=click.Path(file_okay=False), envvar="KDBENCH_PLUGINS_DIR",
+              help="Also load plugin files (*.py) from this directory.")
+@click.version_option(package_name="kdbench")
+@click.pass_context
+def cli(ctx: click.Context, plugins_dir: str | None) -> None:
+    """kdbench: benchmark knowledge distillation, pruning and quantization on timm models."""
+    ctx.obj = {"plugins_dir": plugins_dir}
+
+
+def host_from(ctx: click.Context):
+    from ..plugins import get_host
+
+    return get_host((ctx.obj or {}).get("plugins_dir"))
+
+
+from . import leaderboard as _leaderboard  # noqa: E402  (commands register themselves on `cli`)
+from . import list as _list  # noqa: E402
+from . import run as _run  # noqa: E402
+
+
+def main() -> None:
+    try:
+        cli.main(prog_name="kdbench")
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)

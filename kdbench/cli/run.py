@@ -1,0 +1,137 @@
+"""``kdbench run``: expand a suite into cells and run them."""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from ..config import _split_top_level
+from ..errors import ConfigError
+from . import cli, host_from
+
+DEFAULT_SUITE = "default"
+
+
+def _names(values: tuple[str, ...]) -> list[str] | None:
+    """--methods a,b --methods "kd(T=2,alpha=0.5)" → ['a', 'b', 'kd(T=2,alpha=0.5)']."""
+    if not values:
+        return None
+    return [p.strip() for v in values for p in _split_top_level(v) if p.strip()]
+
+
+def _seeds(values: tuple[str, ...]) -> list[int] | None:
+    names = _names(values)
+    if names is None:
+        return None
+    try:
+        return [int(s) for s in names]
+    except ValueError:
+        raise ConfigError(f"invalid --seeds {','.join(names)!r}: seeds are integers, e.g. --seeds 0,1,2") from None
+
+
+def _checkpoints(values: tuple[str, ...], pairs: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for v in values:
+        if "=" in v:
+            pair, path = v.split("=", 1)
+            out[pair] = path
+        elif len(pairs) == 1:
+            out[pairs[0]] = v
+        else:
+            raise ConfigError(f"--teacher-checkpoint {v!r}: this run has {len(pairs)} pairs; write PAIR=PATH")
+    return out
+
+
+@cli.command("run")
+@click.argument("suite", default=DEFAULT_SUITE)
+@click.option("--methods", multiple=True, help="Methods to run, comma-separated; options as kd(T=2,alpha=0.5).")
+@click.option("--pairs", multiple=True, help="Teacher→student pairs, comma-separated.")
+@click.option("--datasets", multiple=True, help="Datasets, comma-separated; options as cifar100(root=PATH).")
+@click.option("--seeds", multiple=True, help="Seeds, comma-separated, e.g. 0,1,2.")
+@click.option("--hardware", multiple=True, help="Measurement targets, comma-separated.")
+@click.option("--epochs", type=int, help="Training epochs (students and harness-trained teachers).")
+@click.option("--batch-size", type=int, help="Training batch size.")
+@click.option("--lr", type=float, help="Base learning rate.")
+@click.option("--device", help="Training device: auto, cpu, cuda, cuda:N, mps.")
+@click.option("--executor", help="Executor that runs the cells (see `kdbench list executors`).")
+@click.option("--data-dir", type=click.Path(), help="Root directory for datasets that read files (CIFAR, ImageFolder).")
+@click.option("--teacher-checkpoint", multiple=True, help="Teacher weights: PATH (one pair) or PAIR=PATH.")
+@click.option("--teacher-pretrained", is_flag=True, default=None, help="Start teachers from timm pretrained weights.")
+@click.option("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else MLflow's default).")
+@click.option("--force", is_flag=True, help="Rerun cells that already have a FINISHED run.")
+@click.option("--dry-run", is_flag=True, help="Print the cells and exit.")
+@click.option("--json", "as_json", is_flag=True, help="With --dry-run: print the cells as JSON.")
+@click.pass_context
+def run_command(ctx: click.Context, suite: str, methods, pairs, datasets, seeds, hardware, epochs, batch_size, lr,
+                device, executor, data_dir, teacher_checkpoint, teacher_pretrained, tracking_uri, force, dry_run,
+                as_json) -> None:
+    """Run SUITE (default: the `default` suite), a registered name or a YAML file."""
+    from .. import tracking as tr
+    from ..runner import Overrides, describe_cells, prepare, run_suite
+
+    if tracking_uri:
+        import mlflow
+
+        mlflow.set_tracking_uri(tracking_uri)
+    host = host_from(ctx)
+    for broken in host.broken:
+        click.echo(f"warning: plugin {broken.name!r} failed to load: {broken.error}", err=True)
+    pair_names = _names(pairs)
+    if teacher_checkpoint and pair_names is None:
+        pair_names = [p.name for p in host.suites.get(suite).pairs] if suite in host.suites else []
+    overrides = Overrides(
+        methods=_names(methods), pairs=pair_names, datasets=_names(datasets), seeds=_seeds(seeds),
+        hardware=_names(hardware), epochs=epochs, batch_size=batch_size, lr=lr, device=device, executor=executor,
+        data_dir=data_dir, teacher_checkpoints=_checkpoints(teacher_checkpoint, pair_names or []),
+        teacher_pretrained=teacher_pretrained,
+    )
+    spec, cells = prepare(host, suite, overrides)
+    if dry_run:
+        rows = describe_cells(cells, _finished_if_tracked(spec.name))
+        if as_json:
+            click.echo(json.dumps(rows, indent=2))
+            return
+        table = Table(title=f"suite {spec.name} v{spec.version}: {len(cells)} cells (dry run)")
+        for col in rows[0]:
+            table.add_column(col)
+        for row in rows:
+            table.add_row(*[str(v) for v in row.values()])
+        Console(width=200 if not Console().is_terminal else None).print(table)
+        return
+
+    console = Console(stderr=True, highlight=False)
+    console.print(f"kdbench: suite {spec.name} v{spec.version}, {len(cells)} cells, "
+                  f"training on {cells[0].device}, tracking {tr.tracking_uri()}")
+    result = run_suite(host, spec, cells, force=force, plugins_dir=(ctx.obj or {}).get("plugins_dir"))
+
+    table = Table(title=f"suite {spec.name}: {len(cells)} cells in {result.seconds:.0f}s")
+    for col in ("cell", "spec hash", "status", "top-1 (last)", "time"):
+        table.add_column(col)
+    for r in result.results:
+        top1 = f"{r.metrics['top1']:.2f}" if "top1" in r.metrics else ("done before" if r.status == "SKIPPED" else "—")
+        table.add_row(r.cell.label, r.cell.short_hash, r.status, top1, f"{r.seconds:.0f}s" if r.seconds else "")
+    Console(width=200 if not Console().is_terminal else None).print(table)
+    click.echo(f"MLflow experiment {tr.experiment_name(spec.name)!r}, run {result.parent_run_id}; "
+               f"see it with `kdbench leaderboard {spec.name}` or `mlflow ui`")
+    if result.failed:
+        click.echo(f"{len(result.failed)} cell(s) failed:", err=True)
+        for r in result.failed:
+            click.echo(f"  {r.cell.label} [{r.cell.short_hash}] run {r.run_id}: {r.error}", err=True)
+        sys.exit(1)
+
+
+def _finished_if_tracked(suite: str) -> dict[str, str]:
+    """Finished cells for the dry run, without creating a tracking store that is not there."""
+    from pathlib import Path
+
+    from .. import tracking as tr
+
+    uri = tr.tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        return {}
+    c = tr.client()
+    exp = c.get_experiment_by_name(tr.experiment_name(suite))
+    return tr.finished_spec_hashes(c, exp.experiment_id) if exp else {}

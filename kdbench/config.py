@@ -1,0 +1,247 @@
+"""Suites and cells: validated specifications and their hashes.
+
+A *suite* is a versioned YAML file; expanding it gives *cells*, one per
+(method, pair, dataset, seed). A cell's spec hash is the sha256 of its
+canonical JSON and identifies it in MLflow (resume, leaderboards).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+_REF_RE = re.compile(r"^\s*([A-Za-z0-9_.\-/]+)\s*(?:\((.*)\))?\s*$", re.S)
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Split ``a=1,b=[1,2]`` on commas that are not inside brackets or quotes."""
+    parts, depth, quote, current = [], 0, None, ""
+    for ch in text:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(current)
+            current = ""
+            continue
+        current += ch
+    if current.strip():
+        parts.append(current)
+    return parts
+
+
+class Ref(BaseModel):
+    """A registered name with options, written ``kd(T=2,alpha=0.5)`` or as a mapping."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return parse_ref(value)
+        if isinstance(value, dict) and "options" not in value and set(value) - {"name"}:
+            # YAML shorthand: {name: cifar100, root: ~/data} → options {root: ...}
+            return {"name": value.get("name"), "options": {k: v for k, v in value.items() if k != "name"}}
+        return value
+
+    def __str__(self) -> str:
+        if not self.options:
+            return self.name
+        opts = ",".join(f"{k}={v}" for k, v in sorted(self.options.items()))
+        return f"{self.name}({opts})"
+
+
+def parse_ref(text: str) -> dict[str, Any]:
+    m = _REF_RE.match(text)
+    if not m:
+        raise ValueError(f"{text!r} is not NAME or NAME(key=value,...)")
+    name, body = m.group(1), m.group(2)
+    options: dict[str, Any] = {}
+    for part in _split_top_level(body or ""):
+        if "=" not in part:
+            raise ValueError(f"option {part.strip()!r} in {text!r} is not key=value")
+        key, raw = part.split("=", 1)
+        options[key.strip()] = yaml.safe_load(raw.strip()) if raw.strip() else None
+    return {"name": name, "options": options}
+
+
+class Recipe(BaseModel):
+    """The training recipe, shared by every cell of a suite."""
+
+    model_config = ConfigDict(extra="forbid")
+    epochs: int = Field(10, gt=0)
+    batch_size: int = Field(64, gt=0)
+    eval_batch_size: int = Field(256, gt=0)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_epochs: float = Field(0, ge=0)
+    milestones: list[int] = Field(default_factory=list)  # epochs, for "step"
+    gamma: float = Field(0.1, gt=0, le=1)
+    grad_clip: float | None = Field(None, gt=0)  # max global grad norm
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    amp: bool = True  # CUDA only: bf16/fp16 autocast; ignored on CPU
+    channels_last: bool = True  # CUDA only
+    workers: int = Field(0, ge=0)  # DataLoader workers; 0 keeps runs deterministic
+
+    @model_validator(mode="after")
+    def _check(self) -> Recipe:
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be below epochs ({self.epochs})")
+        bad = [m for m in self.milestones if not 0 < m < self.epochs]
+        if bad:
+            raise ValueError(f"milestone {bad[0]} is outside 1..{self.epochs - 1}")
+        return self
+
+
+class TeacherSpec(BaseModel):
+    """Where teachers come from: trained and cached (default), a checkpoint, or timm weights."""
+
+    model_config = ConfigDict(extra="forbid")
+    recipe: Recipe | None = None  # None: the suite's recipe
+    seed: int = 0  # one teacher per (arch, dataset, recipe, seed), shared by all cells
+    checkpoints: dict[str, str] = Field(default_factory=dict)  # pair name → path
+    pretrained: bool = False  # timm pretrained weights (needs the hub or its cache)
+
+
+class MeasureSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    batch_size: int = Field(1, gt=0)  # latency batch
+    warmup: int = Field(5, ge=0)  # warm-up calls before timing
+    min_run_time: float = Field(0.5, gt=0)  # seconds of timing per measurement
+
+
+class Suite(BaseModel):
+    """A named, versioned matrix with its training recipe."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    version: int | str
+    description: str = ""
+    methods: list[Ref] = Field(min_length=1)
+    pairs: list[Ref] = Field(min_length=1)
+    datasets: list[Ref] = Field(min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    hardware: list[str] = Field(default_factory=lambda: ["cpu"])
+    recipe: Recipe = Field(default_factory=Recipe)
+    teacher: TeacherSpec = Field(default_factory=TeacherSpec)
+    measure: MeasureSpec = Field(default_factory=MeasureSpec)
+    device: str = "auto"  # training device: auto, cpu, cuda, cuda:N, mps
+    executor: str = "local"
+    published: dict[str, Any] = Field(default_factory=dict)  # paper numbers to compare with
+    source: str | None = Field(default=None, exclude=True)  # file it came from
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds repeat: {seeds}")
+        return seeds
+
+
+class CellSpec(BaseModel):
+    """One point of a suite. Everything that changes the result is in here."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    suite: str
+    suite_version: int | str
+    method: Ref
+    pair: str
+    teacher_arch: str
+    student_arch: str
+    teacher_kwargs: dict[str, Any] = Field(default_factory=dict)
+    student_kwargs: dict[str, Any] = Field(default_factory=dict)
+    dataset: Ref
+    seed: int
+    recipe: Recipe
+    teacher: TeacherSpec
+    device: str  # resolved training device type ("cpu", "cuda", "mps")
+    hardware: list[str]
+    measure: MeasureSpec
+
+    # Fields that label a cell but do not change what it computes.
+    _UNHASHED = ("suite", "suite_version", "hardware", "measure")
+
+    def canonical(self) -> dict[str, Any]:
+        data = self.model_dump(mode="json", exclude=set(self._UNHASHED))
+        data["method"] = self.method.model_dump(mode="json")
+        data["dataset"] = self.dataset.model_dump(mode="json")
+        return data
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
+
+    @property
+    def spec_hash(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+    @property
+    def short_hash(self) -> str:
+        return self.spec_hash[:12]
+
+    @property
+    def label(self) -> str:
+        return f"{self.method}/{self.pair}/{self.dataset}/seed{self.seed}"
+
+
+def format_validation_error(err: ValidationError, where: str, data: Any = None) -> str:
+    """One line: where, the field path, the bad value and what is valid."""
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-after"))
+    msg = first["msg"].removeprefix("Value error, ")
+    value = first.get("input")
+    shown = "" if isinstance(value, dict) or value is None else f" (got {value!r})"
+    more = f" [+{len(err.errors()) - 1} more]" if len(err.errors()) > 1 else ""
+    path = f"{loc}: " if loc else ""
+    return f"{where}: {path}{msg}{shown}{more}"
+
+
+def validate_suite(data: Any, where: str) -> Suite:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: a suite must be a YAML mapping, got {type(data).__name__}")
+    try:
+        return Suite.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, where, data)) from None
+
+
+def read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read suite file {str(path)!r}: {exc.strerror}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        pos = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"malformed YAML in {str(path)!r}{pos}: {problem}") from None
+
+
+def load_suite_file(path: Path) -> Suite:
+    suite = validate_suite(read_yaml(path), f"suite file {str(path)!r}")
+    return suite.model_copy(update={"source": str(path)})
+
+
+def canonical_hash(obj: Any) -> str:
+    """sha256 of the canonical JSON of ``obj`` (sorted keys, no spaces)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()

@@ -1,0 +1,1 @@
+"""The one training loop and evaluation shared by every method."""

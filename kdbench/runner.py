@@ -1,0 +1,247 @@
+"""From a suite to finished cells: resolve, override, expand, check, run, summarise."""
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from itertools import product
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from pydantic import ValidationError
+
+from . import tracking as tr
+from .cell import CellJob, CellResult, load_data, run_cell
+from .config import CellSpec, Ref, Suite, format_validation_error, load_suite_file
+from .errors import ConfigError, DeviceUnavailableError
+from .plugins import PluginHost
+from .registry import did_you_mean
+
+BASELINE = "baseline"
+
+# CLI flag for each overridable field, so errors name what the user typed.
+FLAG_FOR = {
+    ("methods",): "--methods", ("pairs",): "--pairs", ("datasets",): "--datasets", ("seeds",): "--seeds",
+    ("hardware",): "--hardware", ("recipe", "epochs"): "--epochs", ("recipe", "batch_size"): "--batch-size",
+    ("recipe", "lr"): "--lr", ("device",): "--device", ("executor",): "--executor",
+}
+
+
+@dataclass
+class Overrides:
+    """What CLI options narrow or override in a suite (None: keep the suite's)."""
+
+    methods: list[str] | None = None
+    pairs: list[str] | None = None
+    datasets: list[str] | None = None
+    seeds: list[int] | None = None
+    hardware: list[str] | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    device: str | None = None
+    executor: str | None = None
+    data_dir: str | None = None
+    teacher_checkpoints: dict[str, str] = field(default_factory=dict)
+    teacher_pretrained: bool | None = None
+
+
+def find_suite(host: PluginHost, name_or_path: str) -> Suite:
+    """A registered suite by name, or a suite YAML file by path."""
+    path = Path(name_or_path)
+    if name_or_path.endswith((".yaml", ".yml")) or path.is_file():
+        if not path.is_file():
+            raise ConfigError(f"suite file {name_or_path!r} does not exist")
+        return load_suite_file(path)
+    return host.suites.get(name_or_path)
+
+
+def apply_overrides(suite: Suite, o: Overrides) -> Suite:
+    data = suite.model_dump(mode="json")
+    data.pop("source", None)
+    top = {"methods": o.methods, "pairs": o.pairs, "datasets": o.datasets, "seeds": o.seeds,
+           "hardware": o.hardware, "device": o.device, "executor": o.executor}
+    data.update({k: v for k, v in top.items() if v is not None})
+    for key, value in (("epochs", o.epochs), ("batch_size", o.batch_size), ("lr", o.lr)):
+        if value is not None:
+            data["recipe"][key] = value
+    if o.teacher_checkpoints:
+        data["teacher"]["checkpoints"] = {**data["teacher"].get("checkpoints", {}), **o.teacher_checkpoints}
+    if o.teacher_pretrained is not None:
+        data["teacher"]["pretrained"] = o.teacher_pretrained
+    try:
+        new = Suite.model_validate(data)
+    except ValidationError as err:
+        loc = tuple(str(p) for p in err.errors()[0]["loc"])
+        flag = next((f for k, f in FLAG_FOR.items() if loc[: len(k)] == k), None)
+        raise ConfigError(format_validation_error(err, f"invalid {flag}" if flag else f"suite {suite.name!r}")) from None
+    return new.model_copy(update={"source": suite.source})
+
+
+def resolve_device(requested: str) -> str:
+    """``auto`` → the best device present; an absent one is a clear error."""
+    cuda, mps = torch.cuda.is_available(), bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+    if requested == "auto":
+        return "cuda" if cuda else "mps" if mps else "cpu"
+    kind = requested.split(":")[0]
+    valid = ["auto", "cpu"] + (["cuda"] if cuda else []) + (["mps"] if mps else [])
+    if kind == "cpu" and requested == "cpu":
+        return "cpu"
+    if kind == "cuda" and cuda:
+        index = requested.split(":")[1] if ":" in requested else "0"
+        if not index.isdigit() or int(index) >= torch.cuda.device_count():
+            raise DeviceUnavailableError(f"device {requested!r} does not exist: {torch.cuda.device_count()} CUDA device(s) here")
+        return requested
+    if kind == "mps" and mps:
+        return "mps"
+    if kind in ("cuda", "mps"):
+        raise DeviceUnavailableError(f"device {requested!r} is not available on this machine; valid here: {', '.join(valid)}")
+    raise DeviceUnavailableError(f"unknown device {requested!r}; valid here: {', '.join(valid)}")
+
+
+def expand(suite: Suite, host: PluginHost, device: str) -> list[CellSpec]:
+    """The suite's cells, baseline first: datasets × pairs × methods × seeds."""
+    methods = list(suite.methods)
+    if not any(m.name == BASELINE for m in methods):
+        methods.insert(0, Ref(name=BASELINE))
+    methods.sort(key=lambda m: m.name != BASELINE)
+    cells = []
+    for dataset, pair_ref, method, seed in product(suite.datasets, suite.pairs, methods, suite.seeds):
+        pair = host.pairs.get(pair_ref.name)
+        cells.append(CellSpec(
+            suite=suite.name, suite_version=suite.version, method=method, pair=pair.name,
+            teacher_arch=pair.teacher, student_arch=pair.student,
+            teacher_kwargs={**pair.teacher_kwargs, **pair_ref.options.get("teacher_kwargs", {})},
+            student_kwargs={**pair.student_kwargs, **pair_ref.options.get("student_kwargs", {})},
+            dataset=dataset, seed=seed, recipe=suite.recipe, teacher=suite.teacher, device=device,
+            hardware=suite.hardware, measure=suite.measure,
+        ))
+    return cells
+
+
+def with_data_dir(suite: Suite, host: PluginHost, data_dir: str | None) -> Suite:
+    """Give ``--data-dir`` as ``root`` to every dataset that reads files and has none."""
+    if not data_dir:
+        return suite
+    datasets = []
+    for ref in suite.datasets:
+        ds = host.datasets.get(ref.name)
+        if ds.needs_root and "root" not in ref.options:
+            ref = Ref(name=ref.name, options={**ref.options, "root": data_dir})
+        datasets.append(ref)
+    return suite.model_copy(update={"datasets": datasets})
+
+
+def preflight(suite: Suite, host: PluginHost, cells: list[CellSpec]) -> None:
+    """Catch user mistakes before anything trains: every one is a one-line error."""
+    host.executors.get(suite.executor)
+    for ref in suite.methods:
+        host.methods.get(ref.name).resolve_options(ref.options)
+    for hw in suite.hardware:
+        host.hardware.get(hw)
+    for ref in suite.pairs:
+        pair = host.pairs.get(ref.name)
+        for role, arch in (("teacher", pair.teacher), ("student", pair.student)):
+            if not timm.is_model(arch):
+                hint = did_you_mean(arch, timm.list_models())
+                raise ConfigError(f"pair {pair.name!r}: timm has no {role} model {arch!r}" + (f" — did you mean {hint!r}?" if hint else ""))
+    pair_names = {p.name for p in suite.pairs}
+    for name in suite.teacher.checkpoints:
+        if name not in pair_names:
+            raise ConfigError(f"teacher checkpoint given for pair {name!r}, which is not in this run; pairs: {', '.join(sorted(pair_names))}")
+        path = Path(suite.teacher.checkpoints[name]).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"teacher checkpoint {str(path)!r} for pair {name!r} does not exist")
+    seen = set()
+    for cell in cells:
+        key = cell.dataset.model_dump_json()
+        if key in seen:
+            continue
+        seen.add(key)
+        data = load_data(host, cell)
+        for recipe in filter(None, (suite.recipe, suite.teacher.recipe)):
+            if recipe.batch_size > len(data.train):
+                raise ConfigError(
+                    f"batch size {recipe.batch_size} is larger than the training set of {str(cell.dataset)!r} "
+                    f"({len(data.train)} samples); use --batch-size {len(data.train)} or less"
+                )
+
+
+@dataclass
+class SuiteRun:
+    suite: Suite
+    cells: list[CellSpec]
+    results: list[CellResult]
+    experiment_id: str | None = None
+    parent_run_id: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> list[CellResult]:
+        return [r for r in self.results if r.status == "FAILED"]
+
+
+def prepare(host: PluginHost, suite_name: str, overrides: Overrides) -> tuple[Suite, list[CellSpec]]:
+    suite = apply_overrides(find_suite(host, suite_name), overrides)
+    suite = with_data_dir(suite, host, overrides.data_dir)
+    device = resolve_device(suite.device)
+    for ref in suite.datasets:
+        host.datasets.get(ref.name)
+    cells = expand(suite, host, device)
+    preflight(suite, host, cells)
+    return suite, cells
+
+
+def run_suite(
+    host: PluginHost, suite: Suite, cells: list[CellSpec], *, force: bool = False, plugins_dir: str | None = None,
+    command: list[str] | None = None,
+) -> SuiteRun:
+    """Run every cell without a FINISHED run of its spec hash (all of them with ``force``)."""
+    start = time.perf_counter()
+    c = tr.client()
+    uri = tr.tracking_uri()
+    experiment_id = tr.ensure_experiment(c, tr.experiment_name(suite.name))
+    done = {} if force else tr.finished_spec_hashes(c, experiment_id)
+    todo = [cell for cell in cells if cell.spec_hash not in done]
+    skipped = [CellResult(cell, "SKIPPED", done[cell.spec_hash]) for cell in cells if cell.spec_hash in done]
+
+    parent = tr.start_run(c, experiment_id, f"{suite.name} ({len(todo)} cells)", {
+        tr.TAG + "role": tr.ROLE_INVOCATION,
+        tr.TAG + "suite": suite.name,
+        tr.TAG + "suite_version": suite.version,
+        tr.TAG + "command": shlex.join(command or sys.argv),
+        tr.TAG + "cells_total": len(cells),
+        tr.TAG + "cells_skipped": len(skipped),
+        **tr.environment_tags(host.plugin_versions()),
+    })
+    tr.log_params(c, parent, tr.flatten(suite.model_dump(mode="json")))
+    c.log_text(parent, suite.model_dump_json(indent=2), "suite.json")
+    executor = host.executors.get(suite.executor)
+    jobs = [CellJob(cell, experiment_id, parent, uri, plugins_dir) for cell in todo]
+    results: list[CellResult] = []
+    try:
+        results = executor.run(jobs, lambda job: run_cell(job, host))
+    except KeyboardInterrupt:
+        c.set_terminated(parent, "KILLED")
+        raise
+    failed = [r for r in results if r.status == "FAILED"]
+    tr.log_metrics(c, parent, {"cells_finished": len(results) - len(failed), "cells_failed": len(failed)})
+    c.set_terminated(parent, "FAILED" if failed else "FINISHED")
+    order = {cell.spec_hash: i for i, cell in enumerate(cells)}
+    all_results = sorted(results + skipped, key=lambda r: order[r.cell.spec_hash])
+    return SuiteRun(suite, cells, all_results, experiment_id, parent, time.perf_counter() - start)
+
+
+def describe_cells(cells: list[CellSpec], finished: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    finished = finished or {}
+    return [
+        {
+            "spec_hash": c.short_hash, "method": str(c.method), "pair": c.pair, "teacher": c.teacher_arch,
+            "student": c.student_arch, "dataset": str(c.dataset), "seed": c.seed,
+            "status": "done" if c.spec_hash in finished else "to run",
+        }
+        for c in cells
+    ]

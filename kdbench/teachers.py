@@ -1,0 +1,193 @@
+"""Teachers: trained once and cached by content, or loaded from a checkpoint or timm weights.
+
+The cache key is the sha256 of (architecture, its kwargs, dataset, recipe,
+seed, device type, starting weights). A cache entry is ``<key>.pt`` (the
+``state_dict``) plus ``<key>.json`` holding its sha256 and its accuracy; an
+entry whose checksum does not match is retrained, never loaded.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .api import Batch, DataBundle, Distiller
+from .config import CellSpec, canonical_hash
+from .engine.evaluate import evaluate
+from .engine.loop import EpochResult, train
+from .engine.models import create_model
+from .engine.seeding import seed_everything
+from .errors import ConfigError, KdbenchError
+
+CACHE_FORMAT = 1
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("KDBENCH_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "kdbench"
+    )
+    return Path(root) / "teachers"
+
+
+class _CrossEntropy(Distiller):
+    """How the host trains a teacher: plain cross-entropy."""
+
+    needs_teacher = False
+
+    def __init__(self, label_smoothing: float = 0.0):
+        super().__init__()
+        self.label_smoothing = label_smoothing
+
+    def loss_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
+        return {"ce": F.cross_entropy(batch.student.logits, batch.targets, label_smoothing=self.label_smoothing)}
+
+
+@dataclass
+class Teacher:
+    model: nn.Module
+    top1: float
+    top5: float
+    source: str  # "cache", "trained", "checkpoint", "pretrained"
+    key: str | None = None  # cache key when trained by the harness
+    path: str | None = None
+
+
+def teacher_key(cell: CellSpec) -> str:
+    recipe = cell.teacher.recipe or cell.recipe
+    return canonical_hash({
+        "format": CACHE_FORMAT,
+        "arch": cell.teacher_arch,
+        "kwargs": cell.teacher_kwargs,
+        "dataset": cell.dataset.model_dump(mode="json"),
+        "recipe": recipe.model_dump(mode="json"),
+        "seed": cell.teacher.seed,
+        "device": cell.device,
+        "init": "pretrained" if cell.teacher.pretrained else "random",
+    })
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _load_state(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ConfigError(f"teacher checkpoint {str(path)!r} does not exist") from None
+    except Exception as exc:
+        raise ConfigError(f"teacher checkpoint {str(path)!r} could not be loaded with weights_only=True: {exc}") from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ConfigError(f"teacher checkpoint {str(path)!r} holds a {type(state).__name__}, not a state_dict")
+    return state
+
+
+def _build(cell: CellSpec, data: DataBundle, pretrained: bool = False) -> nn.Module:
+    kwargs = dict(cell.teacher_kwargs)
+    if pretrained:
+        kwargs["pretrained"] = True
+    return create_model(cell.teacher_arch, data.num_classes, data.input_size, **kwargs)
+
+
+def _pretrained(cell: CellSpec, data: DataBundle) -> nn.Module:
+    try:
+        return _build(cell, data, pretrained=True)
+    except KdbenchError:
+        raise
+    except Exception as exc:  # offline: the hub is unreachable and nothing is cached
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"cannot load timm pretrained weights for {cell.teacher_arch!r} ({first[:200]}); "
+            "give a checkpoint (--teacher-checkpoint PATH) or let kdbench train the teacher"
+        ) from None
+
+
+def _evaluate(model: nn.Module, data: DataBundle, cell: CellSpec, device: torch.device) -> tuple[float, float]:
+    recipe = cell.teacher.recipe or cell.recipe
+    loader = DataLoader(data.test, batch_size=recipe.eval_batch_size, shuffle=False)
+    model.to(device)
+    r = evaluate(model, loader, device)
+    return r.top1, r.top5
+
+
+def get_teacher(
+    cell: CellSpec,
+    data: DataBundle,
+    device: torch.device,
+    on_train_start: Callable[[str], Any] | None = None,
+    on_epoch: Callable[[EpochResult], None] | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> Teacher:
+    """The cell's teacher, frozen and in eval mode."""
+    checkpoint = cell.teacher.checkpoints.get(cell.pair)
+    if checkpoint:
+        model = _build(cell, data)
+        path = Path(checkpoint).expanduser()
+        try:
+            model.load_state_dict(_load_state(path))
+        except RuntimeError as exc:
+            raise ConfigError(
+                f"teacher checkpoint {str(path)!r} does not fit {cell.teacher_arch!r} "
+                f"with {data.num_classes} classes: {str(exc).splitlines()[0]}"
+            ) from None
+        top1, top5 = _evaluate(model, data, cell, device)
+        return Teacher(model.eval().requires_grad_(False), top1, top5, "checkpoint", path=str(path))
+
+    if cell.teacher.pretrained:
+        probe = _pretrained(cell, data)
+        head = probe.get_classifier()
+        if getattr(head, "out_features", None) == data.num_classes:  # weights used as they are
+            top1, top5 = _evaluate(probe, data, cell, device)
+            return Teacher(probe.eval().requires_grad_(False), top1, top5, "pretrained")
+
+    key = teacher_key(cell)
+    directory = cache_dir()
+    weights, meta_path = directory / f"{key}.pt", directory / f"{key}.json"
+    if weights.is_file() and meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text())
+            if meta.get("sha256") == _sha256(weights):
+                model = _build(cell, data)
+                model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+                return Teacher(model.eval().requires_grad_(False), meta["top1"], meta["top5"], "cache", key, str(weights))
+        except (ValueError, KeyError, RuntimeError, OSError, EOFError):
+            pass  # corrupt entry: fall through and retrain
+        print(f"teacher cache entry {weights.name} is corrupt or incomplete: retraining", flush=True)
+
+    if on_train_start is not None:
+        on_train_start(key)
+    recipe = cell.teacher.recipe or cell.recipe
+    gen = seed_everything(cell.teacher.seed)
+    model = _pretrained(cell, data) if cell.teacher.pretrained else _build(cell, data)
+    result = train(model, _CrossEntropy(recipe.label_smoothing), None, data, recipe, device, gen, on_step=on_step, on_epoch=on_epoch)
+    model.to("cpu")
+    top1, top5 = result.last.test_top1, result.last.test_top5
+
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+    os.close(fd)
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, weights)  # atomic: a reader never sees half a file
+    meta = {
+        "sha256": _sha256(weights), "top1": top1, "top5": top5, "arch": cell.teacher_arch,
+        "dataset": str(cell.dataset), "seed": cell.teacher.seed, "epochs": recipe.epochs,
+    }
+    meta_path.write_text(json.dumps(meta, indent=2))
+    return Teacher(model.eval().requires_grad_(False), top1, top5, "trained", key, str(weights))
