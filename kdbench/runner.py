@@ -208,6 +208,8 @@ def run_suite(
     todo = [cell for cell in cells if cell.spec_hash not in done]
     skipped = [CellResult(cell, "SKIPPED", done[cell.spec_hash]) for cell in cells if cell.spec_hash in done]
 
+    if not todo:  # everything finished before: nothing to record
+        return SuiteRun(suite, cells, skipped, experiment_id, None, time.perf_counter() - start)
     parent = tr.start_run(c, experiment_id, f"{suite.name} ({len(todo)} cells)", {
         tr.TAG + "role": tr.ROLE_INVOCATION,
         tr.TAG + "suite": suite.name,

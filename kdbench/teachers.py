@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -169,7 +170,7 @@ def get_teacher(
                 return Teacher(model.eval().requires_grad_(False), meta["top1"], meta["top5"], "cache", key, str(weights))
         except (ValueError, KeyError, RuntimeError, OSError, EOFError):
             pass  # corrupt entry: fall through and retrain
-        print(f"teacher cache entry {weights.name} is corrupt or incomplete: retraining", flush=True)
+        print(f"teacher cache entry {weights.name} is corrupt or incomplete: retraining", file=sys.stderr, flush=True)
 
     if on_train_start is not None:
         on_train_start(key)

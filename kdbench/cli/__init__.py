@@ -1,6 +1,7 @@
 """The ``kdbench`` command line. One module per command group."""
 from __future__ import annotations
 
+import logging
 import sys
 
 import click
@@ -59,6 +60,8 @@ from . import run as _run  # noqa: E402
 
 
 def main() -> None:
+    # torch.utils.benchmark imports cpp_extension, which warns on machines without CUDA
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     try:
         cli.main(prog_name="kdbench")
     except KeyboardInterrupt:

@@ -114,7 +114,8 @@ def run_command(ctx: click.Context, suite: str, methods, pairs, datasets, seeds,
         top1 = f"{r.metrics['top1']:.2f}" if "top1" in r.metrics else ("done before" if r.status == "SKIPPED" else "—")
         table.add_row(r.cell.label, r.cell.short_hash, r.status, top1, f"{r.seconds:.0f}s" if r.seconds else "")
     Console(width=200 if not Console().is_terminal else None).print(table)
-    click.echo(f"MLflow experiment {tr.experiment_name(spec.name)!r}, run {result.parent_run_id}; "
+    where = f"run {result.parent_run_id}" if result.parent_run_id else "nothing new to run (use --force to rerun)"
+    click.echo(f"MLflow experiment {tr.experiment_name(spec.name)!r}, {where}; "
                f"see it with `kdbench leaderboard {spec.name}` or `mlflow ui`")
     if result.failed:
         click.echo(f"{len(result.failed)} cell(s) failed:", err=True)

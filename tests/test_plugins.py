@@ -1,0 +1,179 @@
+"""Plugin discovery: entry points, plugins-dir, broken plugins, allow/block lists, hook names."""
+from __future__ import annotations
+
+import sys
+import textwrap
+
+import pytest
+
+import kdbench
+from kdbench.plugins import load_host
+
+FIRST_PARTY = {"baseline", "kd", "datasets", "pairs", "hardware", "executors", "suites"}
+
+METHOD_PLUGIN = """
+import torch.nn.functional as F
+import kdbench
+
+class Echo(kdbench.Distiller):
+    needs_teacher = False
+    def loss_terms(self, batch):
+        return {"ce": F.cross_entropy(batch.student.logits, batch.targets)}
+
+@kdbench.hookimpl
+def register_methods(register):
+    register(kdbench.Method("{name}", Echo, summary="test method"))
+"""
+
+
+def write(path, text):
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_first_party_plugins_come_from_the_entry_point_group(kdbench_env):
+    host = load_host()
+    assert FIRST_PARTY <= set(host.info)
+    for name in FIRST_PARTY:
+        assert host.info[name].source == "entry point"
+        assert host.info[name].distribution == "kdbench"
+    assert {"baseline", "kd"} <= set(host.methods.names())
+    assert "default" in host.suites
+    assert host.broken == []
+
+
+def test_third_party_entry_point_is_discovered(kdbench_env, monkeypatch):
+    site = kdbench_env / "site"
+    site.mkdir()
+    write(site / "kdbench_thirdparty_demo.py", METHOD_PLUGIN.replace("{name}", "thirdparty"))
+    dist = site / "kdbench_thirdparty_demo-1.2.3.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: kdbench-thirdparty-demo\nVersion: 1.2.3\n")
+    (dist / "entry_points.txt").write_text("[kdbench]\nthirdparty = kdbench_thirdparty_demo\n")
+    monkeypatch.syspath_prepend(str(site))
+    host = load_host()
+    assert "thirdparty" in host.methods
+    info = host.info["thirdparty"]
+    assert (info.source, info.distribution, info.version) == ("entry point", "kdbench-thirdparty-demo", "1.2.3")
+    assert host.plugin_versions()["thirdparty"] == "1.2.3"
+    sys.modules.pop("kdbench_thirdparty_demo", None)
+
+
+def test_plugins_dir_loads_loose_files(kdbench_env):
+    d = kdbench_env / "plugins"
+    d.mkdir()
+    write(d / "echo_method.py", METHOD_PLUGIN.replace("{name}", "echo"))
+    host = load_host(d)
+    assert "echo" in host.methods
+    assert host.info["echo_method"].source == "plugins-dir"
+    assert host.methods.owner("echo") == "echo_method"
+
+
+def test_plugins_dir_from_environment(kdbench_env, monkeypatch):
+    d = kdbench_env / "envplugins"
+    d.mkdir()
+    write(d / "env_method.py", METHOD_PLUGIN.replace("{name}", "fromenv"))
+    monkeypatch.setenv("KDBENCH_PLUGINS_DIR", str(d))
+    assert "fromenv" in load_host().methods
+
+
+def test_broken_plugin_is_reported_and_others_still_load(kdbench_env):
+    d = kdbench_env / "plugins"
+    d.mkdir()
+    write(d / "aaa_broken.py", "import kdbench\nraise RuntimeError('boom at import')\n")
+    write(d / "bbb_raises.py", """
+        import kdbench
+        @kdbench.hookimpl
+        def register_methods(register):
+            raise ValueError("bad registration")
+    """)
+    write(d / "ccc_good.py", METHOD_PLUGIN.replace("{name}", "good"))
+    host = load_host(d)
+    broken = {b.name: b.error for b in host.broken}
+    assert broken["aaa_broken"] == "RuntimeError: boom at import"
+    assert broken["bbb_raises"] == "ValueError: bad registration"
+    assert "good" in host.methods and "kd" in host.methods
+
+
+def test_unknown_hook_name_is_rejected_with_a_hint(kdbench_env):
+    d = kdbench_env / "plugins"
+    d.mkdir()
+    write(d / "typo.py", """
+        import kdbench
+        @kdbench.hookimpl
+        def register_method(register):
+            pass
+    """)
+    host = load_host(d)
+    (b,) = [b for b in host.broken if b.name == "typo"]
+    assert "unknown hook 'register_method'" in b.error
+    assert "did you mean 'register_methods'" in b.error
+    assert "typo" not in host.info
+
+
+def test_wrong_hook_arguments_are_rejected(kdbench_env):
+    d = kdbench_env / "plugins"
+    d.mkdir()
+    write(d / "badargs.py", """
+        import kdbench
+        @kdbench.hookimpl
+        def register_methods(register, extra):
+            pass
+    """)
+    host = load_host(d)
+    assert [b.name for b in host.broken] == ["badargs"]
+
+
+def test_block_list_and_allow_list(kdbench_env, monkeypatch):
+    monkeypatch.setenv("KDBENCH_DISABLED_PLUGINS", "kd")
+    host = load_host()
+    assert "kd" not in host.methods and "baseline" in host.methods
+
+    monkeypatch.delenv("KDBENCH_DISABLED_PLUGINS")
+    monkeypatch.setenv("KDBENCH_LOAD_PLUGINS", "baseline,datasets")
+    host = load_host()
+    assert set(host.info) == {"baseline", "datasets"}
+    assert host.methods.names() == ["baseline"]
+
+
+def test_duplicate_registration_is_reported(kdbench_env):
+    d = kdbench_env / "plugins"
+    d.mkdir()
+    write(d / "dup.py", METHOD_PLUGIN.replace("{name}", "kd"))
+    host = load_host(d)
+    (b,) = [b for b in host.broken if b.name == "dup"]
+    assert "method 'kd' registered twice" in b.error
+
+
+def test_registering_the_wrong_type_is_reported(kdbench_env):
+    class Plugin:
+        @kdbench.hookimpl
+        def register_model_pairs(self, register):
+            register(kdbench.Method("x", kdbench.Distiller))
+
+    host = load_host(extra_plugins=[("wrongtype", Plugin())])
+    (b,) = [b for b in host.broken if b.name == "wrongtype"]
+    assert "registered a Method as a pair" in b.error
+
+
+def test_missing_plugins_dir_is_a_clear_error(kdbench_env):
+    with pytest.raises(kdbench.KdbenchError, match="plugins directory .*nope.* does not exist"):
+        load_host(kdbench_env / "nope")
+
+
+def test_cli_lists_plugins_and_broken_ones(kdbench_env):
+    import json
+
+    from click.testing import CliRunner
+
+    from kdbench.cli import cli
+
+    d = kdbench_env / "plugins"
+    d.mkdir()
+    write(d / "broken_one.py", "raise ImportError('missing dependency xyz')\n")
+    result = CliRunner().invoke(cli, ["--plugins-dir", str(d), "list", "plugins", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {r["name"]: r for r in json.loads(result.output)}
+    assert rows["broken_one"]["status"] == "broken"
+    assert "missing dependency xyz" in rows["broken_one"]["error"]
+    assert rows["kd"]["status"] == "loaded" and rows["kd"]["hooks"] == ["register_methods"]
