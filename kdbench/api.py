@@ -177,14 +177,27 @@ class Hardware:
 
     ``probe()`` returns None when the target is usable here, else the reason it
     is not (the measurement is then recorded as skipped).
+
+    A target is measured once per precision in ``precisions`` (default: just
+    ``precision``): ``fp32``; ``bf16``/``fp16`` run the model under autocast;
+    ``int8`` labels a model that a quantizer already converted (run as is).
+    ``memory_format`` is applied to the model and its input; ``mode="compile"``
+    measures ``torch.compile(model)`` (compile time reported apart).
     """
 
     name: str
     device: str  # torch device string: "cpu", "cuda:0", "mps"
     threads: int | None = None  # CPU threads for measurement; None: all cores
-    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
     summary: str = ""
     probe: Callable[[], str | None] = _always_available
+    precisions: tuple[str, ...] = ()  # precisions measured here; empty: (precision,)
+    memory_format: Literal["contiguous", "channels_last"] = "contiguous"
+    mode: Literal["eager", "compile"] = "eager"
+
+    @property
+    def measured_precisions(self) -> tuple[str, ...]:
+        return tuple(self.precisions) or (self.precision,)
 
 
 # --------------------------------------------------------------------------- executors

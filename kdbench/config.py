@@ -123,10 +123,22 @@ class TeacherSpec(BaseModel):
 
 
 class MeasureSpec(BaseModel):
+    """How a model is measured on each hardware target (see ``kdbench.measure``).
+
+    Latency: ``warmup`` calls, then single calls timed one by one until both
+    ``min_run_time`` seconds and ``min_calls`` calls are reached (or
+    ``max_run_time`` passes). Throughput: the same at ``throughput_batch_size``
+    (0 turns it off) for ``throughput_min_run_time`` and at least 3 calls.
+    """
+
     model_config = ConfigDict(extra="forbid")
     batch_size: int = Field(1, gt=0)  # latency batch
     warmup: int = Field(5, ge=0)  # warm-up calls before timing
     min_run_time: float = Field(0.5, gt=0)  # seconds of timing per measurement
+    min_calls: int = Field(50, gt=0)  # timed latency calls at least (percentiles need many)
+    max_run_time: float = Field(5.0, gt=0)  # stop latency timing after this, even below min_calls
+    throughput_batch_size: int = Field(32, ge=0)  # large batch for throughput; 0: no throughput run
+    throughput_min_run_time: float = Field(0.5, gt=0)  # seconds of throughput timing
 
 
 class Suite(BaseModel):

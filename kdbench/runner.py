@@ -65,9 +65,12 @@ def apply_overrides(suite: Suite, o: Overrides) -> Suite:
     top = {"methods": o.methods, "pairs": o.pairs, "datasets": o.datasets, "seeds": o.seeds,
            "hardware": o.hardware, "device": o.device, "executor": o.executor}
     data.update({k: v for k, v in top.items() if v is not None})
-    for key, value in (("epochs", o.epochs), ("batch_size", o.batch_size), ("lr", o.lr)):
+    for key, value in (("batch_size", o.batch_size), ("lr", o.lr)):
         if value is not None:
             data["recipe"][key] = value
+    if o.epochs is not None:
+        for recipe in filter(None, (data["recipe"], data["teacher"].get("recipe"))):
+            _scale_epochs(recipe, o.epochs)
     if o.teacher_checkpoints:
         data["teacher"]["checkpoints"] = {**data["teacher"].get("checkpoints", {}), **o.teacher_checkpoints}
     if o.teacher_pretrained is not None:
@@ -79,6 +82,19 @@ def apply_overrides(suite: Suite, o: Overrides) -> Suite:
         flag = next((f for k, f in FLAG_FOR.items() if loc[: len(k)] == k), None)
         raise ConfigError(format_validation_error(err, f"invalid {flag}" if flag else f"suite {suite.name!r}")) from None
     return new.model_copy(update={"source": suite.source})
+
+
+def _scale_epochs(recipe: dict[str, Any], epochs: int) -> None:
+    """Set epochs; warm-up and lr milestones keep their place in the schedule."""
+    old = recipe.get("epochs") or epochs
+    recipe["epochs"] = epochs
+    if epochs <= 0:
+        return  # validation reports it
+    ratio = epochs / old
+    recipe["warmup_epochs"] = recipe.get("warmup_epochs", 0) * ratio
+    if recipe.get("milestones"):
+        scaled = sorted({min(epochs - 1, max(1, round(m * ratio))) for m in recipe["milestones"]})
+        recipe["milestones"] = [m for m in scaled if 0 < m < epochs]
 
 
 def resolve_device(requested: str) -> str:

@@ -7,6 +7,7 @@ entry whose checksum does not match is retrained, never loaded.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -107,15 +108,45 @@ def _build(cell: CellSpec, data: DataBundle, pretrained: bool = False) -> nn.Mod
     return create_model(cell.teacher_arch, data.num_classes, data.input_size, **kwargs)
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers at all (a closed network fails at once)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _hub_offline_if_unreachable():
+    """Offline mode for the hub when it is unreachable: cached weights load, nothing retries."""
+    from huggingface_hub import constants
+
+    previous = constants.HF_HUB_OFFLINE
+    if not previous and not _hub_reachable():
+        constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = previous
+
+
 def _pretrained(cell: CellSpec, data: DataBundle) -> nn.Module:
     try:
-        return _build(cell, data, pretrained=True)
+        with _hub_offline_if_unreachable():
+            return _build(cell, data, pretrained=True)
     except KdbenchError:
         raise
     except Exception as exc:  # offline: the hub is unreachable and nothing is cached
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(
-            f"cannot load timm pretrained weights for {cell.teacher_arch!r} ({first[:200]}); "
+            f"cannot load timm pretrained weights for {cell.teacher_arch!r} ({first[:160]}); "
             "give a checkpoint (--teacher-checkpoint PATH) or let kdbench train the teacher"
         ) from None
 

@@ -188,3 +188,31 @@ def test_list_commands(kdbench_env):
     assert hw["cpu"]["available"] is True
     suites = {s["name"] for s in json.loads(CliRunner().invoke(cli, ["list", "suites", "--json"]).output)}
     assert "default" in suites
+
+
+def test_teacher_from_a_checkpoint_and_a_corrupt_cache_entry(kdbench_env):
+    import torch
+
+    from kdbench.engine.models import create_model
+
+    teacher = create_model("test_resnet", 10, (3, 32, 32))
+    path = kdbench_env / "teacher.pt"
+    torch.save({"state_dict": teacher.state_dict()}, path)
+    result = invoke("run", *FAST, "--methods", "kd", "--teacher-checkpoint", str(path))
+    assert result.exit_code == 0, result.output
+    client = MlflowClient()
+    runs = cell_runs(client)
+    assert {r.data.tags["kdbench.teacher_source"] for r in runs} == {"checkpoint"}
+    exp = client.get_experiment_by_name("kdbench/default")
+    assert not client.search_runs([exp.experiment_id], "tags.`kdbench.role` = 'teacher'")
+
+    # a harness-trained teacher whose cache file is damaged is retrained, not loaded
+    first = invoke("run", *FAST, "--methods", "baseline", "--seeds", "3")
+    assert first.exit_code == 0, first.output
+    (weights,) = (kdbench_env / "cache" / "teachers").glob("*.pt")
+    weights.write_bytes(weights.read_bytes()[:100])
+    second = invoke("run", *FAST, "--methods", "baseline", "--seeds", "4")
+    assert second.exit_code == 0, second.output
+    assert len(client.search_runs([exp.experiment_id], "tags.`kdbench.role` = 'teacher'")) == 2
+    sources = {r.data.tags["kdbench.seed"]: r.data.tags["kdbench.teacher_source"] for r in cell_runs(client)}
+    assert sources["3"] == "trained" and sources["4"] == "trained"

@@ -123,3 +123,14 @@ def test_lr_schedule_shapes():
     assert lr_factor(55, 10, cos) == pytest.approx(0.5, abs=0.01)  # half way through the cosine
     step = Recipe(epochs=10, schedule="step", milestones=[5, 8], gamma=0.1)
     assert [round(lr_factor(e * 10, 10, step), 6) for e in (0, 4, 5, 7, 8, 9)] == [1, 1, 0.1, 0.1, 0.01, 0.01]
+
+
+def test_epochs_override_scales_warmup_and_milestones():
+    suite = Suite.model_validate({**SUITE, "recipe": {"epochs": 240, "schedule": "step", "milestones": [150, 180, 210],
+                                                      "warmup_epochs": 24}})
+    short = apply_overrides(suite, Overrides(epochs=24))
+    assert short.recipe.epochs == 24
+    assert short.recipe.milestones == [15, 18, 21]
+    assert short.recipe.warmup_epochs == pytest.approx(2.4)
+    one = apply_overrides(suite, Overrides(epochs=2))
+    assert one.recipe.milestones == [1] and one.recipe.warmup_epochs < 2

@@ -54,7 +54,8 @@ def host_from(ctx: click.Context):
     return get_host((ctx.obj or {}).get("plugins_dir"))
 
 
-from . import leaderboard as _leaderboard  # noqa: E402  (commands register themselves on `cli`)
+from . import bench as _bench  # noqa: E402  (commands register themselves on `cli`)
+from . import leaderboard as _leaderboard  # noqa: E402
 from . import list as _list  # noqa: E402
 from . import run as _run  # noqa: E402
 

@@ -52,7 +52,7 @@ def _checkpoints(values: tuple[str, ...], pairs: list[str]) -> dict[str, str]:
 @click.option("--datasets", multiple=True, help="Datasets, comma-separated; options as cifar100(root=PATH).")
 @click.option("--seeds", multiple=True, help="Seeds, comma-separated, e.g. 0,1,2.")
 @click.option("--hardware", multiple=True, help="Measurement targets, comma-separated.")
-@click.option("--epochs", type=int, help="Training epochs (students and harness-trained teachers).")
+@click.option("--epochs", type=int, help="Training epochs (students and harness-trained teachers); warm-up and lr milestones scale with it.")
 @click.option("--batch-size", type=int, help="Training batch size.")
 @click.option("--lr", type=float, help="Base learning rate.")
 @click.option("--device", help="Training device: auto, cpu, cuda, cuda:N, mps.")
