@@ -24,6 +24,9 @@ class Outputs:
 
     logits: torch.Tensor
     features: list[torch.Tensor] = field(default_factory=list)
+    # The pooled penultimate features (timm ``forward_head(..., pre_logits=True)``),
+    # filled when the distiller sets ``needs_pre_logits``; None otherwise.
+    pre_logits: torch.Tensor | None = None
 
 
 @dataclass
@@ -47,6 +50,9 @@ class PairInfo:
     num_train: int  # training-set size (memory banks need it)
     student_shapes: list[torch.Size]  # one per requested student stage
     teacher_shapes: list[torch.Size]  # one per requested teacher stage
+    student_dim: int | None = None  # width of the student's pre-logits features (needs_pre_logits)
+    teacher_dim: int | None = None  # width of the teacher's pre-logits features (needs_pre_logits)
+    train_targets: torch.Tensor | None = None  # label of every training sample, when the dataset exposes them
 
 
 class Distiller(nn.Module):
@@ -56,7 +62,11 @@ class Distiller(nn.Module):
 
     - ``loss_terms``: named loss tensors; the loop minimises their sum;
     - ``student_stages`` / ``teacher_stages``: feature taps, as indices into
-      timm's ``forward_intermediates`` (negative counts from the end);
+      timm's ``forward_intermediates`` (negative counts from the end); they
+      come back in forward order (shallow to deep), not in the order listed;
+    - ``needs_pre_logits``: also hand over the pooled penultimate features
+      (``Outputs.pre_logits``, what the classifier sees), for methods that
+      distil the embedding (CRD, PKT, RKD);
     - extra trainable modules, created in ``setup`` as attributes of ``self``.
       They are optimised with the student, never deployed, and their parameter
       count is reported as ``extra_params``.
@@ -65,6 +75,7 @@ class Distiller(nn.Module):
     """
 
     needs_teacher: bool = True
+    needs_pre_logits: bool = False
     student_stages: Sequence[int] = ()
     teacher_stages: Sequence[int] = ()
 
@@ -207,7 +218,10 @@ class Hardware:
 class Executor:
     """Runs cells: ``run(jobs, run_one)`` calls ``run_one(job)`` for every job.
 
-    ``run_one`` returns the job's result; an executor returns results in job
+    ``jobs`` are picklable ``kdbench.cell.CellJob`` objects and ``run_one`` is
+    the module-level ``kdbench.cell.run_job``, so an executor may call it in
+    other processes or on other machines. ``run_one`` returns the job's result
+    and never raises for a failing cell; an executor returns results in job
     order. Executors own scheduling only; tracking and failure handling are the
     host's, inside ``run_one``.
     """

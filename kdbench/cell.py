@@ -90,6 +90,18 @@ def _epoch_metrics(r: EpochResult, prefix: str = "") -> dict[str, float]:
     return {prefix + k: v for k, v in m.items()}
 
 
+def run_job(job: CellJob) -> CellResult:
+    """Run a cell in this process with this process's plugin host (what executors call).
+
+    A module-level function of a picklable job, so that executors can ship it
+    to other processes or machines; the host is rebuilt there from the same
+    entry points and ``plugins_dir``.
+    """
+    from .plugins import get_host
+
+    return run_cell(job, get_host(job.plugins_dir))
+
+
 def run_cell(job: CellJob, host: PluginHost) -> CellResult:
     cell = job.cell
     c = tr.client(job.tracking_uri)

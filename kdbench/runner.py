@@ -14,8 +14,8 @@ import torch
 from pydantic import ValidationError
 
 from . import tracking as tr
-from .cell import CellJob, CellResult, load_data, run_cell
-from .config import CellSpec, Ref, Suite, format_validation_error, load_suite_file
+from .cell import CellJob, CellResult, load_data, run_job
+from .config import CellSpec, Recipe, Ref, Suite, format_validation_error, load_suite_file
 from .errors import ConfigError, DeviceUnavailableError
 from .plugins import PluginHost
 from .registry import did_you_mean
@@ -65,6 +65,11 @@ def apply_overrides(suite: Suite, o: Overrides) -> Suite:
     top = {"methods": o.methods, "pairs": o.pairs, "datasets": o.datasets, "seeds": o.seeds,
            "hardware": o.hardware, "device": o.device, "executor": o.executor}
     data.update({k: v for k, v in top.items() if v is not None})
+    if o.pairs is not None:  # a pair named bare on the CLI keeps the suite's per-pair settings
+        known = {ref.name: ref for ref in suite.pairs}
+        data["pairs"] = [
+            known[p].model_dump(mode="json") if isinstance(p, str) and p in known else p for p in o.pairs
+        ]
     for key, value in (("batch_size", o.batch_size), ("lr", o.lr)):
         if value is not None:
             data["recipe"][key] = value
@@ -118,8 +123,35 @@ def resolve_device(requested: str) -> str:
     raise DeviceUnavailableError(f"unknown device {requested!r}; valid here: {', '.join(valid)}")
 
 
+def _pair_recipe(suite: Suite, pair_ref: Ref) -> Recipe:
+    """The suite's recipe with the pair's ``recipe:`` overrides (e.g. a smaller lr for one student)."""
+    overrides = pair_ref.options.get("recipe") or {}
+    if not overrides:
+        return suite.recipe
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"suite {suite.name!r}, pair {pair_ref.name!r}: recipe must be a mapping of recipe fields")
+    try:
+        return Recipe.model_validate({**suite.recipe.model_dump(), **overrides})
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, f"suite {suite.name!r}, pair {pair_ref.name!r} recipe")) from None
+
+
+def _pair_method(method: Ref, pair_ref: Ref) -> Ref:
+    """``method`` with the pair's ``method_options:`` defaults; options given with the method win."""
+    extra = (pair_ref.options.get("method_options") or {}).get(method.name) or {}
+    if not extra:
+        return method
+    return Ref(name=method.name, options={**extra, **method.options})
+
+
 def expand(suite: Suite, host: PluginHost, device: str) -> list[CellSpec]:
-    """The suite's cells, baseline first: datasets × pairs × methods × seeds."""
+    """The suite's cells, baseline first: datasets × pairs × methods × seeds.
+
+    A pair entry may carry per-pair settings of the published recipe:
+    ``recipe:`` (fields overriding the suite's recipe for that pair's students;
+    its teacher keeps the suite's recipe) and ``method_options:``
+    (``{method: {option: value}}``, defaults for that pair's cells).
+    """
     methods = list(suite.methods)
     if not any(m.name == BASELINE for m in methods):
         methods.insert(0, Ref(name=BASELINE))
@@ -127,12 +159,16 @@ def expand(suite: Suite, host: PluginHost, device: str) -> list[CellSpec]:
     cells = []
     for dataset, pair_ref, method, seed in product(suite.datasets, suite.pairs, methods, suite.seeds):
         pair = host.pairs.get(pair_ref.name)
+        recipe = _pair_recipe(suite, pair_ref)
+        teacher = suite.teacher
+        if recipe is not suite.recipe and teacher.recipe is None:
+            teacher = teacher.model_copy(update={"recipe": suite.recipe})
         cells.append(CellSpec(
-            suite=suite.name, suite_version=suite.version, method=method, pair=pair.name,
+            suite=suite.name, suite_version=suite.version, method=_pair_method(method, pair_ref), pair=pair.name,
             teacher_arch=pair.teacher, student_arch=pair.student,
             teacher_kwargs={**pair.teacher_kwargs, **pair_ref.options.get("teacher_kwargs", {})},
             student_kwargs={**pair.student_kwargs, **pair_ref.options.get("student_kwargs", {})},
-            dataset=dataset, seed=seed, recipe=suite.recipe, teacher=suite.teacher, device=device,
+            dataset=dataset, seed=seed, recipe=recipe, teacher=teacher, device=device,
             hardware=suite.hardware, measure=suite.measure,
         ))
     return cells
@@ -156,6 +192,8 @@ def preflight(suite: Suite, host: PluginHost, cells: list[CellSpec]) -> None:
     host.executors.get(suite.executor)
     for ref in suite.methods:
         host.methods.get(ref.name).resolve_options(ref.options)
+    for cell in cells:  # per-pair method options too
+        host.methods.get(cell.method.name).resolve_options(cell.method.options)
     for hw in suite.hardware:
         host.hardware.get(hw)
     for ref in suite.pairs:
@@ -241,7 +279,7 @@ def run_suite(
     jobs = [CellJob(cell, experiment_id, parent, uri, plugins_dir) for cell in todo]
     results: list[CellResult] = []
     try:
-        results = executor.run(jobs, lambda job: run_cell(job, host))
+        results = executor.run(jobs, run_job)
     except KeyboardInterrupt:
         c.set_terminated(parent, "KILLED")
         raise
