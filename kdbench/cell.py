@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import time
 import traceback
@@ -18,14 +19,14 @@ import torch
 
 from . import tracking as tr
 from .api import DataBundle
-from .config import CellSpec
+from .config import CellSpec, canonical_hash
 from .engine.loop import EpochResult, train
 from .engine.models import count_params, create_model
 from .engine.seeding import seed_everything
 from .measure import MACS_COUNTER, measure_on_targets, static_metrics
 from .plugins import PluginHost
 from .progress import TrainingProgress, chain
-from .teachers import get_teacher
+from .teachers import get_teacher, teacher_key
 
 
 @dataclass
@@ -37,6 +38,7 @@ class CellJob:
     parent_run_id: str
     tracking_uri: str
     plugins_dir: str | None = None
+    resources: Any = None  # the suite's ``Resources`` (what a cluster executor asks for per cell)
 
 
 @dataclass
@@ -76,6 +78,9 @@ def cell_tags(cell: CellSpec, host: PluginHost) -> dict[str, Any]:
         t + "seed": cell.seed,
         t + "device": cell.device,
         t + "score_epoch": "last",
+        # rows with different recipes must not be averaged together silently
+        t + "recipe_hash": canonical_hash({"recipe": cell.recipe.model_dump(mode="json"),
+                                           "teacher": cell.teacher.model_dump(mode="json")})[:16],
         t + "macs_counter": MACS_COUNTER,
         **tr.environment_tags(host.plugin_versions()),
     }
@@ -102,11 +107,45 @@ def run_job(job: CellJob) -> CellResult:
     return run_cell(job, get_host(job.plugins_dir))
 
 
+def teacher_cache_key(cell: CellSpec) -> str | None:
+    """The content key of the teacher the harness trains for ``cell``; None when it comes from a checkpoint.
+
+    Cells with the same key share one teacher: an executor that runs cells in
+    parallel calls :func:`prepare_teacher` once per key before those cells.
+    """
+    if cell.teacher.checkpoints.get(cell.pair):
+        return None
+    return teacher_key(cell)
+
+
+def prepare_teacher(job: CellJob) -> str:
+    """Train the job's teacher into the cache (or find it there), as a teacher run of the job's parent.
+
+    Module-level and picklable like :func:`run_job`. Returns where the teacher
+    came from (``trained``, ``cache``, ...) or ``failed: <reason>``; never raises
+    for a failure (the cells that need the teacher then report it), except
+    KeyboardInterrupt.
+    """
+    from .plugins import get_host
+
+    host = get_host(job.plugins_dir)
+    try:
+        c = tr.client(job.tracking_uri)
+        data = load_data(host, job.cell)
+        return _teacher_for(c, job, host, data, torch.device(job.cell.device)).source
+    except Exception as exc:
+        return f"failed: {type(exc).__name__}: {exc}".splitlines()[0]
+
+
 def run_cell(job: CellJob, host: PluginHost) -> CellResult:
     cell = job.cell
     c = tr.client(job.tracking_uri)
     start = time.perf_counter()
-    run_id = tr.start_run(c, job.experiment_id, cell.label, cell_tags(cell, host), job.parent_run_id)
+    try:
+        run_id = tr.start_run(c, job.experiment_id, cell.label, cell_tags(cell, host), job.parent_run_id)
+    except Exception as exc:  # the tracking store is away: nothing can be recorded, say so
+        message = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        return CellResult(cell, "FAILED", None, error=message, seconds=time.perf_counter() - start)
     try:
         method = host.methods.get(cell.method.name)
         options = method.resolve_options(cell.method.options)
@@ -172,8 +211,11 @@ def run_cell(job: CellJob, host: PluginHost) -> CellResult:
         raise
     except Exception as exc:
         message = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        _fail(c, run_id, "FAILED", message, traceback.format_exc())
-        host.call("cell_finished", cell=cell, run_id=run_id, status="FAILED", metrics={})
+        _fail(c, run_id, "FAILED", message, traceback.format_exc(), type(exc).__name__)
+        try:
+            host.call("cell_finished", cell=cell, run_id=run_id, status="FAILED", metrics={})
+        except Exception as hook_exc:  # a plugin's hook must not turn a recorded failure into a crash
+            print(f"kdbench: cell_finished hook failed: {hook_exc}", file=sys.stderr, flush=True)
         return CellResult(cell, "FAILED", run_id, error=message, seconds=time.perf_counter() - start)
 
 
@@ -223,10 +265,22 @@ def _log_model(c, run_id: str, model: torch.nn.Module) -> None:
         c.log_artifact(run_id, path)
 
 
-def _fail(c, run_id: str, status: str, message: str, details: str) -> None:
-    """Mark a run FAILED/KILLED with its reason as a tag and its traceback as an artifact."""
+def _fail(c, run_id: str, status: str, message: str, details: str, error_type: str = "") -> None:
+    """Mark a run FAILED/KILLED with its reason as a tag and its traceback as an artifact.
+
+    Never raises: when the tracking store itself is the problem, the reason is
+    printed instead and the run is left RUNNING for the next ``kdbench run``
+    to mark KILLED (see ``tracking.reap_stale_runs``).
+    """
     try:
-        c.set_tag(run_id, tr.TAG + "error", message[: tr.MAX_PARAM_LEN])
-        c.log_text(run_id, details, "traceback.txt")
-    finally:
-        c.set_terminated(run_id, status)
+        try:
+            tags = {tr.TAG + "error": message[: tr.MAX_PARAM_LEN]}
+            if error_type:
+                tags[tr.TAG + "error_type"] = error_type
+            tr.set_tags(c, run_id, tags)
+            c.log_text(run_id, details, "traceback.txt")
+        finally:
+            c.set_terminated(run_id, status)
+    except Exception as exc:
+        tr.stop_heartbeat(run_id)
+        print(f"kdbench: could not record run {run_id} as {status} ({message}): {exc}", file=sys.stderr, flush=True)

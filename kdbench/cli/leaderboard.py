@@ -1,6 +1,7 @@
 """``kdbench leaderboard``: the table of a suite's results, from MLflow."""
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import click
@@ -8,49 +9,72 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import KdbenchError
-from . import cli
+from . import cli, host_from
 
-FORMATS = ("table", "md", "csv", "json")
+FORMATS = ("table", "md", "csv", "json", "html")
+
+
+def _date(value: str | None, flag: str) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise KdbenchError(f"invalid {flag} {value!r}: use an ISO date such as 2026-11-22 or 2026-11-22T10:00") from None
+
+
+def published_for(ctx: click.Context, suite: str | None) -> dict:
+    """The published numbers a registered suite records (empty when none or no suite)."""
+    host = host_from(ctx)
+    return dict(host.suites.get(suite).published) if suite and suite in host.suites else {}
 
 
 @cli.command("leaderboard")
 @click.argument("suite", required=False)
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", help="Output format.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Write to this file instead of printing.")
+@click.option("--dataset", help="Only this dataset (as tagged, e.g. glyphs).")
+@click.option("--pair", help="Only this pair.")
+@click.option("--method", help="Only this method pipeline (its baseline is still used for deltas).")
+@click.option("--hardware", multiple=True, help="Only these hardware targets' columns (e.g. cpu or cpu.fp32).")
+@click.option("--kdbench-version", "version", help="Only runs made by this kdbench version.")
+@click.option("--since", help="Only runs started at or after this ISO date/time.")
+@click.option("--until", help="Only runs started at or before this ISO date/time.")
 @click.option("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else MLflow's default).")
-def leaderboard_command(suite: str | None, fmt: str, out: str | None, tracking_uri: str | None) -> None:
-    """Leaderboard of SUITE (all kdbench suites if omitted): mean ± std over seeds, Δ vs the student baseline."""
-    from ..leaderboards import build, display_frame
+@click.pass_context
+def leaderboard_command(ctx, suite, fmt, out, dataset, pair, method, hardware, version, since, until, tracking_uri):
+    """Leaderboard of SUITE (all kdbench suites if omitted): mean ± std and 95% CI over seeds,
+    Δ against the student baseline paired by seed, Δ against the teacher, speed per target."""
+    from ..leaderboards import build, display_frame, to_markdown
+    from ..report import html_page
 
-    board = build(suite, tracking_uri)
+    board = build(suite, tracking_uri, dataset=dataset, pair=pair, method=method, hardware=hardware or None,
+                  version=version, since=_date(since, "--since"), until=_date(until, "--until"),
+                  published=published_for(ctx, suite))
     if board.empty:
-        raise KdbenchError(f"no kdbench runs found{' for suite ' + repr(suite) if suite else ''}; run `kdbench run {suite or ''}`".rstrip())
-    if fmt == "csv":
-        text = board.to_csv(index=False)
-    elif fmt == "json":
-        text = board.to_json(orient="records", indent=2)
-    elif fmt == "md":
-        text = _markdown(display_frame(board))
-    else:
+        what = f" for suite {suite!r}" if suite else ""
+        raise KdbenchError(f"no kdbench runs found{what} with these filters; run `kdbench run {suite or ''}`".rstrip())
+    title = f"kdbench leaderboard{': ' + suite if suite else ''} (top-1 at the last epoch, mean ± std over seeds)"
+    if fmt == "table":
+        if out:
+            raise KdbenchError("--out needs --format md, csv, json or html")
         shown = display_frame(board)
-        table = Table(title=f"kdbench leaderboard{': ' + suite if suite else ''} (top-1 at the last epoch, mean ± std over seeds)")
+        table = Table(title=title)
         for col in shown.columns:
             table.add_column(str(col), justify="left" if col in ("dataset", "pair", "method") else "right")
         for row in shown.itertuples(index=False):
             table.add_row(*[str(v) for v in row])
-        if out:
-            raise KdbenchError("--out needs --format md, csv or json")
-        Console(width=200 if not Console().is_terminal else None).print(table)
+        Console(width=250 if not Console().is_terminal else None).print(table)
         return
+    text = {
+        "csv": lambda: board.to_csv(index=False),
+        "json": lambda: board.to_json(orient="records", indent=2),
+        "md": lambda: to_markdown(display_frame(board)),
+        "html": lambda: html_page(title, [("Leaderboard", display_frame(board))], []),
+    }[fmt]()
     if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(text)
         click.echo(f"wrote {out}")
     else:
         click.echo(text)
-
-
-def _markdown(frame) -> str:
-    cols = [str(c) for c in frame.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join(lines) + "\n"

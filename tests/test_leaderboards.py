@@ -1,0 +1,113 @@
+"""Leaderboard aggregation on hand-made run tables with known answers."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from kdbench.leaderboards import aggregate, ci95, display_frame, pareto_flags, published_top1
+
+
+def row(method, seed, top1, status="FINISHED", start=0, pair="p", latency=1.0, version="0.1.0", recipe="r1", **extra):
+    return {
+        "run_id": f"{method}-{seed}-{start}", "status": status, "start_time": start,
+        "spec_hash": f"{pair}-{method}-{seed}", "suite": "s", "dataset": "d", "pair": pair, "method": method,
+        "teacher": "T", "student": "S", "seed": seed, "kdbench_version": version, "recipe_hash": recipe,
+        "top1": top1, "top5": None if top1 is None else top1 + 10, "teacher_top1": 80.0, "params": 1000.0,
+        "latency_p50_ms.cpu.fp32": latency, **extra,
+    }
+
+
+def frame(*rows):
+    return pd.DataFrame(list(rows))
+
+
+def test_means_stds_ci_and_paired_deltas():
+    f = frame(
+        row("baseline", 0, 60.0), row("baseline", 1, 62.0), row("baseline", 2, 64.0),
+        row("kd", 0, 63.0), row("kd", 1, 66.0), row("kd", 2, 66.0),
+    )
+    board = aggregate(f).set_index("method")
+    kd = board.loc["kd"]
+    assert kd["seeds"] == 3
+    assert kd["top1_mean"] == pytest.approx(65.0)
+    assert kd["top1_std"] == pytest.approx(math.sqrt(3.0))  # sample std of 63, 66, 66
+    # t(0.975, 2) = 4.302653 ; CI half-width = t * s / sqrt(n)
+    assert kd["top1_ci95"] == pytest.approx(4.302653 * math.sqrt(3.0) / math.sqrt(3), rel=1e-5)
+    # paired by seed: deltas 3, 4, 2
+    assert kd["delta_baseline"] == pytest.approx(3.0)
+    assert kd["delta_baseline_std"] == pytest.approx(1.0)
+    assert kd["paired_seeds"] == 3
+    assert kd["delta_teacher"] == pytest.approx(-15.0)
+    assert kd["retention"] == pytest.approx(65.0 / 80.0)
+    assert kd["top5_mean"] == pytest.approx(75.0)
+    assert board.loc["baseline", "delta_baseline"] == pytest.approx(0.0)
+    assert list(aggregate(f)["method"]) == ["kd", "baseline"]  # ranked by top-1
+    assert kd["rank"] == 1 and board.loc["baseline", "rank"] == 2
+
+
+def test_deltas_are_paired_not_mean_differences():
+    # kd lacks seed 2; pairing uses seeds 0 and 1 only (mean difference would mislead)
+    f = frame(row("baseline", 0, 50.0), row("baseline", 1, 60.0), row("baseline", 2, 90.0),
+              row("kd", 0, 52.0), row("kd", 1, 61.0))
+    kd = aggregate(f).set_index("method").loc["kd"]
+    assert kd["delta_baseline"] == pytest.approx(1.5)
+    assert kd["paired_seeds"] == 2
+
+
+def test_failed_runs_are_counted_not_averaged_and_reruns_count_once():
+    f = frame(
+        row("baseline", 0, 60.0), row("baseline", 1, 62.0),
+        row("kd", 0, 70.0, start=1), row("kd", 0, 64.0, start=2),  # rerun of the same cell: latest counts
+        row("kd", 1, None, status="FAILED", start=3),
+        row("crd", 0, None, status="FAILED"), row("crd", 1, None, status="RUNNING"),
+        row("fit", 0, None, status="FAILED", start=1), row("fit", 0, 58.0, start=5),  # failed, then finished
+    )
+    board = aggregate(f).set_index("method")
+    assert board.loc["kd", "seeds"] == 1 and board.loc["kd", "top1_mean"] == pytest.approx(64.0)
+    assert board.loc["kd", "failed"] == 1
+    assert board.loc["crd", "seeds"] == 0 and board.loc["crd", "failed"] == 2 and math.isnan(board.loc["crd", "top1_mean"])
+    assert board.loc["fit", "failed"] == 0 and board.loc["fit", "top1_mean"] == pytest.approx(58.0)
+    shown = display_frame(aggregate(f)).set_index("method")
+    assert shown.loc["crd", "top-1 (last epoch)"] == "—" and shown.loc["crd", "failed"] == 2
+
+
+def test_mixed_versions_and_recipes_are_flagged():
+    f = frame(row("baseline", 0, 60.0), row("baseline", 1, 61.0, version="0.2.0"),
+              row("kd", 0, 62.0), row("kd", 1, 63.0, recipe="r2"))
+    board = aggregate(f).set_index("method")
+    assert board.loc["baseline", "mixed_versions"] and board.loc["baseline", "flags"] == "mixed kdbench versions"
+    assert board.loc["kd", "mixed_recipes"] and board.loc["kd", "flags"] == "mixed recipes"
+
+
+def test_speedup_against_the_fp32_student_baseline_and_pareto():
+    f = frame(
+        row("baseline", 0, 60.0, latency=2.0),
+        row("kd", 0, 65.0, latency=2.0),
+        row("prune", 0, 58.0, latency=1.0),
+        row("bad", 0, 57.0, latency=1.5),  # dominated by prune: slower and less accurate
+    )
+    board = aggregate(f).set_index("method")
+    assert board.loc["prune", "speedup.cpu.fp32"] == pytest.approx(2.0)
+    assert board.loc["baseline", "speedup.cpu.fp32"] == pytest.approx(1.0)
+    flags = board["pareto.cpu.fp32"].to_dict()
+    assert flags == {"kd": True, "prune": True, "baseline": False, "bad": False}
+
+
+def test_pareto_flags_hand_made():
+    acc = pd.Series([70.0, 70.0, 75.0, 60.0, float("nan")])
+    lat = pd.Series([1.0, 2.0, 3.0, 0.5, 0.1])
+    assert list(pareto_flags(acc, lat)) == [True, False, True, True, False]
+
+
+def test_ci_needs_two_values_and_published_lookup():
+    assert math.isnan(ci95(pd.Series([1.0])))
+    published = {"source": "CRD", "top1": {"resnet32x4-resnet8x4": {"kd": 73.33, "baseline": 72.5}}}
+    assert published_top1(published, "resnet32x4-resnet8x4", "kd") == 73.33
+    assert published_top1(published, "resnet32x4-resnet8x4", "kd(T=4)") == 73.33
+    assert math.isnan(published_top1(published, "other", "kd"))
+    f = frame(row("baseline", 0, 70.0, pair="resnet32x4-resnet8x4"), row("kd", 0, 72.0, pair="resnet32x4-resnet8x4"))
+    board = aggregate(f, published).set_index("method")
+    assert board.loc["kd", "paper_top1"] == 73.33
+    assert "paper top-1" in display_frame(aggregate(f, published)).columns
