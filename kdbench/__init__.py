@@ -6,7 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .api import Batch, DataBundle, Dataset, Distiller, Executor, Hardware, Method, ModelPair, Outputs, PairInfo
+from .api import (
+    Batch, Compressor, DataBundle, Dataset, Deployment, Distiller, Executor, Hardware, Method, ModelPair, Outputs,
+    PairInfo, StageContext,
+)
 from .errors import ConfigError, DataError, KdbenchError, NotApplicableError, UnknownNameError
 from .hookspecs import hookimpl
 
@@ -21,7 +24,8 @@ def leaderboard(*args: Any, **kwargs: Any):
 
 
 __all__ = [
-    "Batch", "ConfigError", "DataBundle", "DataError", "Dataset", "Distiller", "Executor", "Hardware",
-    "KdbenchError", "Method", "ModelPair", "NotApplicableError", "Outputs", "PairInfo", "UnknownNameError",
+    "Batch", "Compressor", "ConfigError", "DataBundle", "DataError", "Dataset", "Deployment", "Distiller",
+    "Executor", "Hardware", "KdbenchError", "Method", "ModelPair", "NotApplicableError", "Outputs", "PairInfo",
+    "StageContext", "UnknownNameError",
     "__version__", "hookimpl", "leaderboard",
 ]

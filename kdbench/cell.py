@@ -19,13 +19,13 @@ import torch
 
 from . import tracking as tr
 from .api import DataBundle
-from .config import CellSpec, canonical_hash
-from .engine.loop import EpochResult, train
-from .engine.models import count_params, create_model
-from .engine.seeding import seed_everything
+from .config import CellSpec, canonical_hash, method_stages
+from .engine.loop import EpochResult
+from .engine.models import count_params
 from .measure import MACS_COUNTER, measure_on_targets, static_metrics
+from .pipeline import MethodResult, deploy_targets, reuse_from_mlflow, run_method, save_to_tmp
 from .plugins import PluginHost
-from .progress import TrainingProgress, chain
+from .progress import TrainingProgress
 from .teachers import get_teacher, teacher_key
 
 
@@ -147,11 +147,9 @@ def run_cell(job: CellJob, host: PluginHost) -> CellResult:
         message = f"{type(exc).__name__}: {exc}".splitlines()[0]
         return CellResult(cell, "FAILED", None, error=message, seconds=time.perf_counter() - start)
     try:
-        method = host.methods.get(cell.method.name)
-        options = method.resolve_options(cell.method.options)
         tr.log_params(c, run_id, {
             **tr.flatten(cell.canonical()),
-            **{f"method.option.{k}": v for k, v in options.items()},
+            **method_option_params(host, cell),
             "spec_hash": cell.spec_hash,
         })
         c.log_text(run_id, json.dumps(cell.model_dump(mode="json"), indent=2, sort_keys=True), "cell_spec.json")
@@ -165,44 +163,29 @@ def run_cell(job: CellJob, host: PluginHost) -> CellResult:
         })
         tr.set_tags(c, run_id, {tr.TAG + "teacher_source": teacher.source})
 
-        distiller = method.build(cell.method.options)
-        generator = seed_everything(cell.seed)
-        student = create_model(cell.student_arch, data.num_classes, data.input_size, **cell.student_kwargs)
-        distiller.check_pair(student, teacher.model if distiller.needs_teacher else None)
-
-        steps = len(data.train) // cell.recipe.batch_size
-        progress = TrainingProgress(f"{cell.method}/{cell.pair}/seed{cell.seed}", cell.recipe.epochs, steps)
-        try:
-            result = train(
-                student, distiller, teacher.model if distiller.needs_teacher else None, data, cell.recipe, device,
-                generator, on_step=progress.on_step,
-                on_epoch=chain(progress.on_epoch, lambda r: tr.log_metrics(c, run_id, _epoch_metrics(r), step=r.epoch)),
-            )
-        finally:
-            progress.close()
-
-        student.eval()
-        last, best = result.last, result.best
-        final = {
-            "top1": last.test_top1, "top5": last.test_top5,
-            "best_top1": best.test_top1, "best_epoch": best.epoch,
-            "train_seconds": result.seconds,
-            "extra_params": count_params(distiller),
-            "delta_teacher_top1": last.test_top1 - teacher.top1,
-        }
-        student_cpu = student.to("cpu")
-        final.update(static_metrics(student_cpu, data.input_size))
+        # one distiller trains a fresh student; a pipeline (kd>prune>quant) runs its stages (kdbench.pipeline)
+        outcome = run_method(
+            cell, host, data, teacher, device,
+            lambda r, prefix, offset: tr.log_metrics(c, run_id, _epoch_metrics(r, prefix), step=offset + r.epoch),
+            reuse=reuse_from_mlflow(c, job.experiment_id, cell),
+        )
+        final = dict(outcome.metrics)
+        student_cpu = outcome.model.to("cpu")
+        final.update(static_metrics(outcome.float_model.to("cpu"), data.input_size))
         measured, measure_tags = measure_on_targets(
-            student_cpu, [host.hardware.get(h) for h in cell.hardware], data.input_size, cell.measure
+            student_cpu, deploy_targets([host.hardware.get(h) for h in cell.hardware], outcome.deployment),
+            data.input_size, cell.measure,
         )
         final.update(measured)
         example = torch.stack([data.test[i][0] for i in range(min(8, len(data.test)))])
         for extra in host.call("extra_metrics", model=student_cpu, cell=cell, example=example):
             if extra:
                 final.update({k: float(v) for k, v in extra.items()})
+        artifact_bytes = _log_model(c, run_id, student_cpu, outcome)
+        if outcome.pipeline:  # a compressed model: its size on disk is that of what its stages saved
+            final["size_bytes"] = artifact_bytes
         tr.log_metrics(c, run_id, final)
-        tr.set_tags(c, run_id, measure_tags)
-        _log_model(c, run_id, student_cpu)
+        tr.set_tags(c, run_id, {**measure_tags, **outcome.tags})
         c.set_terminated(run_id, "FINISHED")
         host.call("cell_finished", cell=cell, run_id=run_id, status="FINISHED", metrics=final)
         return CellResult(cell, "FINISHED", run_id, final, seconds=time.perf_counter() - start)
@@ -257,12 +240,31 @@ def _teacher_for(c, job: CellJob, host: PluginHost, data: DataBundle, device: to
     return teacher
 
 
-def _log_model(c, run_id: str, model: torch.nn.Module) -> None:
-    """The trained student's state_dict, as the artifact ``student.pt``."""
+def _log_model(c, run_id: str, model: torch.nn.Module, outcome: MethodResult | None = None) -> int:
+    """The trained student's state_dict as the artifact ``student.pt``, or what the pipeline's
+    last compressing stage saves (e.g. a pruned architecture, an exported int8 program); returns its bytes."""
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "student.pt")
-        torch.save(model.state_dict(), path)
+        if outcome is None:
+            path = os.path.join(tmp, "student.pt")
+            torch.save(model.state_dict(), path)
+        else:
+            path, _ = save_to_tmp(outcome, tmp)
+        size = os.path.getsize(path)
         c.log_artifact(run_id, path)
+    return size
+
+
+def method_option_params(host: PluginHost, cell: CellSpec) -> dict[str, Any]:
+    """``method.option.<k>`` for one method; ``stage<N>.<name>.option.<k>`` for each stage of a pipeline."""
+    stages = method_stages(cell.method)
+    if len(stages) == 1:
+        options = host.methods.get(stages[0].name).resolve_options(stages[0].options)
+        return {f"method.option.{k}": v for k, v in options.items()}
+    out: dict[str, Any] = {}
+    for i, ref in enumerate(stages):
+        for k, v in host.methods.get(ref.name).resolve_options(ref.options).items():
+            out[f"stage{i + 1}.{ref.name}.option.{k}"] = v
+    return out
 
 
 def _fail(c, run_id: str, status: str, message: str, details: str, error_type: str = "") -> None:

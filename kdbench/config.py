@@ -10,10 +10,10 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, computed_field, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 
@@ -64,6 +64,83 @@ class Ref(BaseModel):
             return self.name
         opts = ",".join(f"{k}={v}" for k, v in sorted(self.options.items()))
         return f"{self.name}({opts})"
+
+
+PIPE = ">"
+
+
+def _split_pipeline(text: str) -> list[str]:
+    """``kd>prune(ratio=0.5)>quant`` → its stages (``>`` inside brackets or quotes does not split)."""
+    parts, depth, quote, current = [], 0, None, ""
+    for ch in text:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == PIPE and depth == 0:
+            parts.append(current)
+            current = ""
+            continue
+        current += ch
+    parts.append(current)
+    return parts
+
+
+class Pipeline(BaseModel):
+    """Methods chained in one cell, written ``kd>prune(ratio=0.5)>quant``; each stage gets the previous model.
+
+    Every stage's options are in the cell's spec hash; the pipeline string
+    (``str(pipeline)``) is the cell's method name in MLflow and leaderboards.
+    A single method stays a :class:`Ref`, so single-stage hashes do not change.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    stages: list[Ref] = Field(min_length=2)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"stages": [s for s in _split_pipeline(value)]}
+        if isinstance(value, (list, tuple)):
+            return {"stages": list(value)}
+        if isinstance(value, dict) and "name" in value and "stages" in value:  # canonical JSON form
+            return {"stages": value["stages"]}
+        return value
+
+    @computed_field  # serialised too: the canonical form is {"name": "kd>prune", "stages": [...]}
+    @property
+    def name(self) -> str:
+        """The stage names, e.g. ``kd>prune>quant``."""
+        return PIPE.join(s.name for s in self.stages)
+
+    def __str__(self) -> str:
+        return PIPE.join(str(s) for s in self.stages)
+
+
+def parse_method(value: Any) -> Any:
+    """A method field's value: a :class:`Pipeline` when it chains stages, else a :class:`Ref`."""
+    if isinstance(value, (Ref, Pipeline)):
+        return value
+    if isinstance(value, str):
+        if len(_split_pipeline(value)) > 1:
+            return Pipeline.model_validate(value)
+        return Ref.model_validate(value)
+    if isinstance(value, (list, tuple)) or (isinstance(value, dict) and "stages" in value):
+        return Pipeline.model_validate(value)
+    return Ref.model_validate(value)
+
+
+def method_stages(method: Ref | Pipeline) -> list[Ref]:
+    """The stages of a cell's method: one for a single method."""
+    return list(method.stages) if isinstance(method, Pipeline) else [method]
+
+
+MethodSpec = Annotated[Ref | Pipeline, BeforeValidator(parse_method)]
 
 
 def parse_ref(text: str) -> dict[str, Any]:
@@ -141,6 +218,25 @@ class MeasureSpec(BaseModel):
     throughput_min_run_time: float = Field(0.5, gt=0)  # seconds of throughput timing
 
 
+class Resources(BaseModel):
+    """What each cell asks of an executor that schedules on a cluster (``ray``).
+
+    Fractions are allowed (``gpus_per_cell: 0.25`` packs four small cells on a
+    GPU); above one, GPUs come whole. The ``local`` executor ignores this.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    cpus_per_cell: float = Field(1.0, ge=0)
+    gpus_per_cell: float = Field(0.0, ge=0)
+
+    @field_validator("gpus_per_cell")
+    @classmethod
+    def _whole_gpus_above_one(cls, value: float) -> float:
+        if value > 1 and value != int(value):
+            raise ValueError(f"gpus_per_cell above 1 must be a whole number of GPUs, got {value}")
+        return value
+
+
 class Suite(BaseModel):
     """A named, versioned matrix with its training recipe."""
 
@@ -148,7 +244,7 @@ class Suite(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
     version: int | str
     description: str = ""
-    methods: list[Ref] = Field(min_length=1)
+    methods: list[MethodSpec] = Field(min_length=1)  # a method (Ref) or a pipeline of them
     pairs: list[Ref] = Field(min_length=1)
     datasets: list[Ref] = Field(min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
@@ -158,6 +254,7 @@ class Suite(BaseModel):
     measure: MeasureSpec = Field(default_factory=MeasureSpec)
     device: str = "auto"  # training device: auto, cpu, cuda, cuda:N, mps
     executor: str = "local"
+    resources: Resources = Field(default_factory=Resources)  # per cell, for cluster executors
     published: dict[str, Any] = Field(default_factory=dict)  # paper numbers to compare with
     source: str | None = Field(default=None, exclude=True)  # file it came from
 
@@ -175,7 +272,7 @@ class CellSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     suite: str
     suite_version: int | str
-    method: Ref
+    method: MethodSpec  # a Ref, or a Pipeline of Refs
     pair: str
     teacher_arch: str
     student_arch: str

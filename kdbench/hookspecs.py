@@ -102,8 +102,8 @@ def extra_metrics(
 ) -> dict[str, float] | None:
     """Return extra metrics for a trained student, or None.
 
-    Called once per finished cell, on the trained student in eval mode on the
-    training device. ``example`` is one test batch. Returned values are logged
+    Called once per finished cell, on the trained (and compressed) student in
+    eval mode, on the CPU. ``example`` is a small batch of test images. Returned values are logged
     to the cell's run as they are; each plugin should prefix its names.
     """
 

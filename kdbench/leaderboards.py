@@ -93,6 +93,7 @@ def runs_frame(runs: Iterable[Any]) -> pd.DataFrame:
             "kdbench_version": tags.get(T + "version"),
             "recipe_hash": tags.get(T + "recipe_hash"),
             "error": tags.get(T + "error"),
+            "speedup_note": tags.get(T + "speedup_note"),  # set when a method gives no speed-up by nature
             "epochs": int(run.data.params["recipe.epochs"]) if "recipe.epochs" in run.data.params else None,
         }
         row.update(run.data.metrics)
@@ -203,11 +204,17 @@ def aggregate(frame: pd.DataFrame, published: Mapping[str, Any] | None = None,
         row["delta_teacher"] = row["top1_mean"] - row["teacher_top1"]
         row["retention"] = row["top1_mean"] / row["teacher_top1"] if row["teacher_top1"] else math.nan
         ref = base_latency.get(tuple(key[:3]), {})
+        no_speedup = "speedup_note" in g and g["speedup_note"].notna().any()
         for t in targets:
             lat = _mean(g.get(LATENCY + t))
             row[LATENCY + t] = lat
             row[THROUGHPUT + t] = _mean(g.get(THROUGHPUT + t))
-            row["speedup." + t] = ref.get(t, math.nan) / lat if lat and not math.isnan(lat) else math.nan
+            row["compile_s." + t] = _mean(g.get("compile_s." + t))  # compiled targets: apart from latency
+            # a quantized model (cpu.int8) is compared with the fp32 student on the same target
+            base = ref.get(t, math.nan)
+            if math.isnan(base):
+                base = ref.get(t.split(".")[0] + ".fp32", math.nan)
+            row["speedup." + t] = base / lat if lat and not math.isnan(lat) and not no_speedup else math.nan
         rows.append(row)
     seen = {tuple(r[k] for k in GROUP) for r in rows}
     for key, count in unfinished_counts.items():
@@ -311,11 +318,16 @@ def display_frame(board: pd.DataFrame) -> pd.DataFrame:
     out["retention"] = ["—" if _isnan(v) else f"{100 * v:.1f}%" for v in get("retention")]
     out["params"] = [_count(v) for v in get("params")]
     out["MACs"] = [_count(v) for v in get("macs")]
+    if (get("params_nonzero") < 0.99 * get("params")).any():  # unstructured sparsity: say how much is left
+        out["non-zero params"] = [_count(v) for v in get("params_nonzero")]
+    out["size"] = ["—" if _isnan(v) else f"{v / 2**20:.2f} MiB" for v in get("size_bytes")]
     if "extra_params" in board and (board["extra_params"].fillna(0) > 0).any():
         out["extra params (training only)"] = [_count(v) for v in board["extra_params"]]
     for t in targets_in(board):
         out[f"p50 ms {t}"] = ["—" if _isnan(v) else f"{v:.2f}" for v in board[LATENCY + t]]
         out[f"speed-up {t}"] = ["—" if _isnan(v) else f"{v:.2f}×" for v in get("speedup." + t)]
+        if get("compile_s." + t).notna().any():
+            out[f"compile s {t}"] = ["—" if _isnan(v) else f"{v:.1f}" for v in get("compile_s." + t)]
         out[f"Pareto {t}"] = ["★" if v is True else "" for v in get("pareto." + t)]
     out["failed"] = board["failed"].to_numpy()
     if "flags" in board and board["flags"].astype(bool).any():

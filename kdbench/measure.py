@@ -28,7 +28,10 @@ How a target is measured (one target × one precision, :func:`measure_latency`):
    ``max_memory_allocated``; on CPU the growth of the process's peak RSS
    (``VmHWM`` after a reset through ``/proc/self/clear_refs``, with freed heap
    returned to the OS first), a lower bound because the allocator may reuse
-   pages the process already held.
+   pages the process already held. In compile mode the peak is reset after
+   each compilation, so the compiler's own transient memory is left out
+   (what it keeps resident still counts). cuDNN autotuning
+   (``cudnn.benchmark``) is on during CUDA measurements.
 
 Metric names are ``<metric>.<target>.<precision>``, e.g. ``latency_p50_ms.cpu.fp32``.
 """
@@ -53,11 +56,11 @@ from .api import Hardware
 from .config import MeasureSpec
 
 MACS_COUNTER = "torch.utils.flop_counter"
-PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int4")
 # what each device type can measure; int8 means "the model is already quantized"
 SUPPORTED_PRECISIONS = {
     "cpu": ("fp32", "bf16", "int8"),
-    "cuda": ("fp32", "bf16", "fp16"),
+    "cuda": ("fp32", "bf16", "fp16", "int8", "int4"),  # int8/int4: a model a quantizer converted (quant_linear)
     "mps": ("fp32", "fp16"),
 }
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -272,6 +275,15 @@ class MemoryProbe:
             self.baseline = (_proc_status_kb("VmRSS") or 0) * 1024
             self._hwm_reset = _reset_peak_rss()
 
+    def reset_peak(self) -> None:
+        """Forget the peak so far (not the baseline): compilation's own memory is not the model's."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        elif self.device.type == "cpu":
+            self._hwm_reset = _reset_peak_rss()
+            self._samples.clear()
+
     def sample(self) -> None:
         if self.device.type == "cpu":
             rss = _proc_status_kb("VmRSS")
@@ -300,6 +312,20 @@ def _threads(n: int):
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
+def _cudnn_benchmark(device: torch.device):
+    """cuDNN autotuning for the fixed input shape (what a deployment would enable); warm-up covers it."""
+    if device.type != "cuda":
+        yield
+        return
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
 
 
 def _autocast(device: torch.device, precision: str):
@@ -347,7 +373,7 @@ def measure_latency(
     memory = MemoryProbe(device)
     out: dict[str, float] = {}
     began = time.perf_counter()
-    with _threads(threads):
+    with _threads(threads), _cudnn_benchmark(device):
         memory.start()
         m = copy.deepcopy(model).eval().to(device)
         if channels_last:
@@ -363,6 +389,7 @@ def measure_latency(
                 run(x)
                 clock.sync()
                 compile_s += time.perf_counter() - t0
+                memory.reset_peak()
             for _ in range(spec.warmup):
                 run(x)
             clock.sync()
@@ -381,6 +408,7 @@ def measure_latency(
                 clock.sync()
                 if hardware.mode == "compile":
                     compile_s += time.perf_counter() - t0
+                    memory.reset_peak()
                 big_times = timed_calls(lambda: run(xb), clock, min_time=spec.throughput_min_run_time,
                                         min_calls=THROUGHPUT_MIN_CALLS, max_time=spec.max_run_time)
                 memory.sample()

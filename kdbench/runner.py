@@ -15,8 +15,9 @@ from pydantic import ValidationError
 
 from . import tracking as tr
 from .cell import CellJob, CellResult, load_data, run_job
-from .config import CellSpec, Recipe, Ref, Suite, format_validation_error, load_suite_file
+from .config import CellSpec, Pipeline, Recipe, Ref, Suite, format_validation_error, load_suite_file
 from .errors import ConfigError, DeviceUnavailableError
+from .pipeline import check_method
 from .plugins import PluginHost
 from .registry import did_you_mean
 
@@ -136,8 +137,10 @@ def _pair_recipe(suite: Suite, pair_ref: Ref) -> Recipe:
         raise ConfigError(format_validation_error(err, f"suite {suite.name!r}, pair {pair_ref.name!r} recipe")) from None
 
 
-def _pair_method(method: Ref, pair_ref: Ref) -> Ref:
+def _pair_method(method: Ref | Pipeline, pair_ref: Ref) -> Ref | Pipeline:
     """``method`` with the pair's ``method_options:`` defaults; options given with the method win."""
+    if isinstance(method, Pipeline):  # per stage
+        return Pipeline(stages=[_pair_method(stage, pair_ref) for stage in method.stages])
     extra = (pair_ref.options.get("method_options") or {}).get(method.name) or {}
     if not extra:
         return method
@@ -191,9 +194,9 @@ def preflight(suite: Suite, host: PluginHost, cells: list[CellSpec]) -> None:
     """Catch user mistakes before anything trains: every one is a one-line error."""
     host.executors.get(suite.executor)
     for ref in suite.methods:
-        host.methods.get(ref.name).resolve_options(ref.options)
+        check_method(host, ref)
     for cell in cells:  # per-pair method options too
-        host.methods.get(cell.method.name).resolve_options(cell.method.options)
+        check_method(host, cell.method)
     for hw in suite.hardware:
         host.hardware.get(hw)
     for ref in suite.pairs:
@@ -253,17 +256,27 @@ def run_suite(
     host: PluginHost, suite: Suite, cells: list[CellSpec], *, force: bool = False, plugins_dir: str | None = None,
     command: list[str] | None = None,
 ) -> SuiteRun:
-    """Run every cell without a FINISHED run of its spec hash (all of them with ``force``)."""
+    """Run every cell without a FINISHED run of its spec hash (all of them with ``force``).
+
+    Runs of this suite left RUNNING by a process that is gone (``kill -9``, a
+    lost node) are marked KILLED first (``tracking.reap_stale_runs``), so their
+    cells run again and nothing stays RUNNING forever.
+    """
     start = time.perf_counter()
     c = tr.client()
     uri = tr.tracking_uri()
     experiment_id = tr.ensure_experiment(c, tr.experiment_name(suite.name))
+    for run_id, reason in tr.reap_stale_runs(c, experiment_id):
+        print(f"kdbench: run {run_id} was left RUNNING and {reason}: marked KILLED", file=sys.stderr, flush=True)
     done = {} if force else tr.finished_spec_hashes(c, experiment_id)
     todo = [cell for cell in cells if cell.spec_hash not in done]
     skipped = [CellResult(cell, "SKIPPED", done[cell.spec_hash]) for cell in cells if cell.spec_hash in done]
 
     if not todo:  # everything finished before: nothing to record
         return SuiteRun(suite, cells, skipped, experiment_id, None, time.perf_counter() - start)
+    executor = host.executors.get(suite.executor)
+    if executor.preflight is not None:  # may refuse (one line) before anything is recorded
+        executor.preflight(suite, uri, len(todo))
     parent = tr.start_run(c, experiment_id, f"{suite.name} ({len(todo)} cells)", {
         tr.TAG + "role": tr.ROLE_INVOCATION,
         tr.TAG + "suite": suite.name,
@@ -275,20 +288,38 @@ def run_suite(
     })
     tr.log_params(c, parent, tr.flatten(suite.model_dump(mode="json")))
     c.log_text(parent, suite.model_dump_json(indent=2), "suite.json")
-    executor = host.executors.get(suite.executor)
-    jobs = [CellJob(cell, experiment_id, parent, uri, plugins_dir) for cell in todo]
+    jobs = [CellJob(cell, experiment_id, parent, uri, plugins_dir, suite.resources) for cell in todo]
     results: list[CellResult] = []
     try:
         results = executor.run(jobs, run_job)
-    except KeyboardInterrupt:
-        c.set_terminated(parent, "KILLED")
+    except BaseException as exc:  # Ctrl-C, SIGTERM (SystemExit under Ray), or the executor broke: nothing stays RUNNING
+        status = "FAILED" if isinstance(exc, Exception) else "KILLED"
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        _end_parent(c, experiment_id, parent, status, f"invocation ended: {reason}")
         raise
     failed = [r for r in results if r.status == "FAILED"]
-    tr.log_metrics(c, parent, {"cells_finished": len(results) - len(failed), "cells_failed": len(failed)})
-    c.set_terminated(parent, "FAILED" if failed else "FINISHED")
+    try:
+        # a worker that died (OOM kill, lost node) cannot close its runs: say so instead of leaving them RUNNING
+        tr.close_open_children(c, experiment_id, parent, "FAILED", "its worker ended without closing the run")
+        tr.log_metrics(c, parent, {"cells_finished": len(results) - len(failed), "cells_failed": len(failed)})
+        c.set_terminated(parent, "FAILED" if failed else "FINISHED")
+    except tr.TrackingError as exc:
+        tr.stop_heartbeat(parent)
+        print(f"kdbench: could not record the end of run {parent}: {exc}", file=sys.stderr, flush=True)
     order = {cell.spec_hash: i for i, cell in enumerate(cells)}
     all_results = sorted(results + skipped, key=lambda r: order[r.cell.spec_hash])
     return SuiteRun(suite, cells, all_results, experiment_id, parent, time.perf_counter() - start)
+
+
+def _end_parent(c, experiment_id: str, parent: str, status: str, reason: str) -> None:
+    """Best effort on the way out: close the invocation run and any child run still open."""
+    try:
+        tr.close_open_children(c, experiment_id, parent, status, reason)
+        c.set_tag(parent, tr.TAG + "error", reason[: tr.MAX_PARAM_LEN])
+        c.set_terminated(parent, status)
+    except Exception as exc:
+        tr.stop_heartbeat(parent)
+        print(f"kdbench: could not mark run {parent} {status}: {exc}", file=sys.stderr, flush=True)
 
 
 def describe_cells(cells: list[CellSpec], finished: dict[str, str] | None = None) -> list[dict[str, Any]]:

@@ -4,6 +4,12 @@ The cache key is the sha256 of (architecture, its kwargs, dataset, recipe,
 seed, device type, starting weights). A cache entry is ``<key>.pt`` (the
 ``state_dict``) plus ``<key>.json`` holding its sha256 and its accuracy; an
 entry whose checksum does not match is retrained, never loaded.
+
+Concurrent workers (the ``ray`` executor) may share the cache directory
+(``KDBENCH_CACHE_DIR`` on a filesystem every worker mounts): training an entry
+holds an exclusive ``<key>.lock`` (``flock``), the entry is checked again once
+the lock is held, and both files are written to a temporary name and renamed
+into place, so a teacher is trained once and no reader sees a partial file.
 """
 from __future__ import annotations
 
@@ -192,17 +198,77 @@ def get_teacher(
     key = teacher_key(cell)
     directory = cache_dir()
     weights, meta_path = directory / f"{key}.pt", directory / f"{key}.json"
-    if weights.is_file() and meta_path.is_file():
-        try:
-            meta = json.loads(meta_path.read_text())
-            if meta.get("sha256") == _sha256(weights):
-                model = _build(cell, data)
-                model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-                return Teacher(model.eval().requires_grad_(False), meta["top1"], meta["top5"], "cache", key, str(weights))
-        except (ValueError, KeyError, RuntimeError, OSError, EOFError):
-            pass  # corrupt entry: fall through and retrain
-        print(f"teacher cache entry {weights.name} is corrupt or incomplete: retraining", file=sys.stderr, flush=True)
+    cached = _from_cache(cell, data, key, weights, meta_path)  # fast path, no lock
+    if cached is not None:
+        return cached
+    directory.mkdir(parents=True, exist_ok=True)
+    with _cache_lock(directory / f"{key}.lock", key):
+        # another worker may have trained it while this one waited for the lock
+        if weights.is_file() or meta_path.is_file():
+            cached = _from_cache(cell, data, key, weights, meta_path)
+            if cached is not None:
+                return cached
+            print(f"teacher cache entry {weights.name} is corrupt or incomplete: retraining", file=sys.stderr, flush=True)
+        return _train_and_cache(cell, data, device, key, weights, meta_path, on_train_start, on_epoch, on_step)
 
+
+def _from_cache(cell: CellSpec, data: DataBundle, key: str, weights: Path, meta_path: Path) -> Teacher | None:
+    """The cached teacher when its entry is complete and its checksum matches; else None."""
+    if not (weights.is_file() and meta_path.is_file()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        if meta.get("sha256") != _sha256(weights):
+            return None
+        model = _build(cell, data)
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        return Teacher(model.eval().requires_grad_(False), meta["top1"], meta["top5"], "cache", key, str(weights))
+    except (ValueError, KeyError, TypeError, RuntimeError, OSError, EOFError):
+        return None  # corrupt entry: the caller retrains it
+
+
+@contextlib.contextmanager
+def _cache_lock(path: Path, key: str):
+    """An exclusive lock on one cache entry, across processes and (on a shared filesystem) hosts.
+
+    ``flock`` locks are released by the kernel when their holder dies, so a
+    killed trainer never leaves the entry locked. Where the filesystem has no
+    locks, entries are still written atomically and only the training may be
+    duplicated.
+    """
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(path))
+    try:
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            print(f"teacher {key[:12]} is being trained by another worker: waiting for it", file=sys.stderr, flush=True)
+            lock.acquire()
+    except OSError as exc:
+        print(f"teacher cache: cannot lock {path} ({exc}); going on without a lock", file=sys.stderr, flush=True)
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _atomic_write(path: Path, write: Callable[[str], Any]) -> None:
+    """``write(tmp)`` then rename over ``path``: a reader never sees half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _train_and_cache(cell, data, device, key, weights: Path, meta_path: Path, on_train_start, on_epoch, on_step) -> Teacher:
     if on_train_start is not None:
         on_train_start(key)
     recipe = cell.teacher.recipe or cell.recipe
@@ -212,14 +278,15 @@ def get_teacher(
     model.to("cpu")
     top1, top5 = result.last.test_top1, result.last.test_top5
 
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    os.close(fd)
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, weights)  # atomic: a reader never sees half a file
     meta = {
-        "sha256": _sha256(weights), "top1": top1, "top5": top5, "arch": cell.teacher_arch,
+        "top1": top1, "top5": top5, "arch": cell.teacher_arch,
         "dataset": str(cell.dataset), "seed": cell.teacher.seed, "epochs": recipe.epochs,
     }
-    meta_path.write_text(json.dumps(meta, indent=2))
+
+    def save_weights(tmp: str) -> None:
+        torch.save(model.state_dict(), tmp)
+        meta["sha256"] = _sha256(Path(tmp))
+
+    _atomic_write(weights, save_weights)
+    _atomic_write(meta_path, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
     return Teacher(model.eval().requires_grad_(False), top1, top5, "trained", key, str(weights))

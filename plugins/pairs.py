@@ -13,6 +13,8 @@ PAIRS = [
     ("tiny-vit", "test_resnet", "test_vit", "timm test models: ResNet → ViT (CNN teacher, transformer student)"),
     ("tiny-convnext", "test_resnet", "test_convnext", "timm test models: ResNet → ConvNeXt"),
     ("resnet34-resnet18", "resnet34", "resnet18", "the standard ImageNet pair (CRD, DKD, ReviewKD tables)"),
+    ("resnet34.tv-resnet18", "resnet34.tv_in1k", "resnet18",
+     "the CRD/DKD ImageNet pair with its published teacher: torchvision's ResNet-34 weights (73.31% top-1)"),
     ("resnet50-mobilenetv3", "resnet50", "mobilenetv3_large_100", "heterogeneous ImageNet pair"),
     ("convnext_tiny-convnext_atto", "convnext_tiny", "convnext_atto", "ConvNeXt family"),
     ("deit_small-deit_tiny", "deit_small_patch16_224", "deit_tiny_patch16_224", "ViT family"),

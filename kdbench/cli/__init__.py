@@ -57,6 +57,8 @@ def host_from(ctx: click.Context):
 from . import bench as _bench  # noqa: E402  (commands register themselves on `cli`)
 from . import leaderboard as _leaderboard  # noqa: E402
 from . import list as _list  # noqa: E402
+from . import plugins as _plugins  # noqa: E402
+from . import report as _report  # noqa: E402
 from . import run as _run  # noqa: E402
 
 

@@ -248,7 +248,7 @@ def _human(n: float | None, unit: str = "") -> str:
     return f"{n:.0f} {unit}".strip()
 
 
-def _print(console, loaded: LoadedModel, static: dict, results: list, env_lines: list[str] | None) -> None:
+def _print(console, loaded: LoadedModel, static: dict, results: list) -> None:
     from rich.table import Table
 
     from ..measure import MACS_COUNTER
@@ -363,7 +363,7 @@ def bench_command(ctx: click.Context, models, hardware, batch_size, throughput_b
                              "metrics": r.metrics} for r in results],
             })
         else:
-            _print(console, item, static, results, None)
+            _print(console, item, static, results)
             console.print()
         if log_:
             logged.append(_log(host, item, static, results, result_tags(results), spec, targets, env))

@@ -34,8 +34,36 @@ def _rows(host, kind: str) -> list[dict]:
                  "epochs": s.recipe.epochs, "source": s.source, "plugin": host.suites.owner(s.name)} for s in host.suites]
     if kind == "executors":
         return [{"name": e.name, "summary": e.summary, "plugin": host.executors.owner(e.name)} for e in host.executors]
-    rows = [{**asdict(info), "status": "loaded", "error": ""} for info in host.info.values()]
-    rows += [{"name": b.name, "source": b.source, "status": "broken", "error": b.error} for b in host.broken]
+    return plugin_rows(host)
+
+
+def plugin_rows(host) -> list[dict]:
+    """One row per plugin, loaded or broken (shared by ``list plugins`` and ``kdbench plugins``).
+
+    Keys: name, status (loaded/broken), source (entry point, plugins-dir, ...),
+    location, distribution, version, hooks, registered ({kind: [names]}), error.
+    A plugin that imported but failed while registering is "broken" with
+    whatever it did register.
+    """
+    import importlib.metadata
+
+    errors: dict[str, list[str]] = {}
+    for b in host.broken:
+        errors.setdefault(b.name, []).append(b.error)
+    rows = []
+    for info in host.info.values():
+        errs = errors.pop(info.name, [])
+        rows.append({**asdict(info), "status": "broken" if errs else "loaded", "error": "; ".join(errs)})
+    for b in host.broken:
+        if b.name not in errors:
+            continue
+        dist = None
+        if b.source == "entry point":
+            eps = importlib.metadata.entry_points(group="kdbench", name=b.name)
+            dist = next((getattr(ep, "dist", None) for ep in eps), None)
+        rows.append({"name": b.name, "source": b.source, "location": "", "distribution": dist.name if dist else None,
+                     "version": dist.version if dist else None, "hooks": [], "registered": {}, "status": "broken",
+                     "error": "; ".join(errors.pop(b.name))})
     return rows
 
 

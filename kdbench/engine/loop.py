@@ -80,6 +80,16 @@ def _autocast(device: torch.device, recipe: Recipe) -> tuple[Callable[[], contex
     return (lambda: torch.autocast("cuda", dtype=dtype)), scaler
 
 
+def _train_targets(dataset) -> torch.Tensor | None:
+    """Every training label, when the dataset keeps them in memory (``targets``/``labels``), else None."""
+    for ds in (dataset, getattr(dataset, "base", None)):
+        for attr in ("targets", "labels"):
+            values = getattr(ds, attr, None) if ds is not None else None
+            if values is not None and len(values) == len(dataset):
+                return torch.as_tensor(values, dtype=torch.long)
+    return None
+
+
 def train(
     student: nn.Module,
     distiller: Distiller,
@@ -107,13 +117,17 @@ def train(
     with torch.no_grad():
         was_training = student.training
         student.eval()
-        s_probe = forward_with_taps(student, probe, distiller.student_stages)
-        t_probe = forward_with_taps(teacher, probe, distiller.teacher_stages) if teacher is not None else None
+        pre_logits = distiller.needs_pre_logits
+        s_probe = forward_with_taps(student, probe, distiller.student_stages, pre_logits)
+        t_probe = forward_with_taps(teacher, probe, distiller.teacher_stages, pre_logits) if teacher is not None else None
         student.train(was_training)
     distiller.setup(PairInfo(
         num_classes=data.num_classes, num_train=len(data.train),
         student_shapes=[f.shape for f in s_probe.features],
         teacher_shapes=[f.shape for f in t_probe.features] if t_probe else [],
+        student_dim=s_probe.pre_logits.shape[1] if s_probe.pre_logits is not None else None,
+        teacher_dim=t_probe.pre_logits.shape[1] if t_probe and t_probe.pre_logits is not None else None,
+        train_targets=_train_targets(data.train),
     ))
     distiller.to(device)
 
@@ -137,11 +151,11 @@ def train(
             images = images.to(device, non_blocking=True, memory_format=memory_format)
             targets, indices = targets.to(device, non_blocking=True), indices.to(device, non_blocking=True)
             with autocast():
-                s_out = forward_with_taps(student, images, distiller.student_stages)
+                s_out = forward_with_taps(student, images, distiller.student_stages, distiller.needs_pre_logits)
                 t_out = None
                 if teacher is not None and distiller.needs_teacher:
                     with torch.no_grad():
-                        t_out = forward_with_taps(teacher, images, distiller.teacher_stages)
+                        t_out = forward_with_taps(teacher, images, distiller.teacher_stages, distiller.needs_pre_logits)
                 terms = distiller.loss_terms(Batch(images, targets, indices, s_out, t_out, epoch, step))
                 loss = sum(terms.values())
             if not torch.isfinite(loss):

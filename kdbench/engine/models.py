@@ -33,12 +33,20 @@ def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def forward_with_taps(model: nn.Module, x: torch.Tensor, stages: Sequence[int]) -> Outputs:
-    """Logits plus the requested intermediate features (timm's feature API)."""
-    if not stages:
+def forward_with_taps(model: nn.Module, x: torch.Tensor, stages: Sequence[int], pre_logits: bool = False) -> Outputs:
+    """Logits plus the requested intermediate features (timm's feature API).
+
+    With ``pre_logits``, also the pooled features the classifier sees
+    (``forward_head(..., pre_logits=True)``).
+    """
+    if not stages and not pre_logits:
         return Outputs(model(x))
-    final, feats = model.forward_intermediates(x, indices=list(stages))
-    return Outputs(model.forward_head(final), list(feats))
+    if stages:
+        final, feats = model.forward_intermediates(x, indices=list(stages))
+    else:
+        final, feats = model.forward_features(x), []
+    pooled = model.forward_head(final, pre_logits=True) if pre_logits else None
+    return Outputs(model.forward_head(final), list(feats), pooled)
 
 
 def supports_taps(model: nn.Module) -> bool:
