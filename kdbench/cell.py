@@ -255,15 +255,17 @@ def _log_model(c, run_id: str, model: torch.nn.Module, outcome: MethodResult | N
 
 
 def method_option_params(host: PluginHost, cell: CellSpec) -> dict[str, Any]:
-    """``method.option.<k>`` for one method; ``stage<N>.<name>.option.<k>`` for each stage of a pipeline."""
+    """``method.option.<k>`` for one method; ``stage<N>.<name>.option.<k>`` for each stage of a pipeline
+    (numbered as its metrics are: a pipeline that starts by compressing has the implied baseline as stage 1)."""
     stages = method_stages(cell.method)
     if len(stages) == 1:
         options = host.methods.get(stages[0].name).resolve_options(stages[0].options)
         return {f"method.option.{k}": v for k, v in options.items()}
     out: dict[str, Any] = {}
-    for i, ref in enumerate(stages):
+    implied = host.methods.get(stages[0].name).kind != "distiller"  # stage 1 is then the implied baseline
+    for i, ref in enumerate(stages, start=2 if implied else 1):
         for k, v in host.methods.get(ref.name).resolve_options(ref.options).items():
-            out[f"stage{i + 1}.{ref.name}.option.{k}"] = v
+            out[f"stage{i}.{ref.name}.option.{k}"] = v
     return out
 
 

@@ -593,8 +593,12 @@ FACTORIES: dict[str, Callable[..., CifarNet]] = {
 }
 
 _CLASSIFIER = {"vgg": "classifier", "mobile_half": "classifier.0", "shuffle": "linear", "resnet50_cifar": "linear"}
+_FIRST_CONV = {"vgg": "block0.0", "mobile_half": "conv1.0"}
 default_cfgs = {
-    name: _cfg(classifier=next((v for k, v in _CLASSIFIER.items() if name.startswith(k)), "fc"))
+    name: _cfg(
+        classifier=next((v for k, v in _CLASSIFIER.items() if name.startswith(k)), "fc"),
+        first_conv=next((v for k, v in _FIRST_CONV.items() if name.startswith(k)), "conv1"),
+    )
     for name in FACTORIES
 }
 

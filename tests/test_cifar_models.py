@@ -11,6 +11,15 @@ import torch
 import kdbench_plugins.cifar_models as cm
 from kdbench.engine.models import create_model, forward_with_taps
 
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: these small models gain little from two, and lose ~10× on a shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 # Parameter counts at 100 classes, as the CRD/RepDistiller papers and model zoos report them (millions).
 PUBLISHED_PARAMS_M = {
     "resnet8": 0.08, "resnet20": 0.28, "resnet32": 0.47, "resnet56": 0.86, "resnet110": 1.74,
@@ -41,6 +50,8 @@ def test_every_network_builds_through_timm_with_the_right_outputs_and_taps(name)
     assert out.pre_logits.shape == (2, model.num_features)
     assert torch.allclose(model.forward_head(final), logits, atol=1e-5)
     assert torch.allclose(model.get_classifier()(out.pre_logits), logits, atol=1e-5)
+    modules = dict(model.named_modules())
+    assert model.pretrained_cfg["first_conv"] in modules and model.pretrained_cfg["classifier"] in modules
 
 
 @pytest.mark.parametrize("name,millions", sorted(PUBLISHED_PARAMS_M.items()))

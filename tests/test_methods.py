@@ -29,6 +29,15 @@ from kdbench_plugins.methods.sp import SP
 import kdbench_plugins.cifar_models  # noqa: F401  (registers the CIFAR networks)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: these small models gain little from two, and lose ~10× on a shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def batch_of(s_logits, t_logits, targets, *, s_feats=(), t_feats=(), s_pre=None, t_pre=None, indices=None, epoch=0):
     s_logits = torch.as_tensor(s_logits, dtype=torch.float32)
     t_logits = torch.as_tensor(t_logits, dtype=torch.float32)
