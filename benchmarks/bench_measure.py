@@ -87,7 +87,7 @@ def main() -> int:
 
     for line in summary_lines():
         print(line)
-    print(f"model {args.model} {args.input_size}, target {hw.name} ({hw.device}, {threads} threads, {hw.precision}); "
+    print(f"model {args.model} {args.input_size}, target {hw.name} ({hw.device}, {threads} thread{'s' if threads > 1 else ''}, {hw.precision}); "
           f"MeasureSpec {spec.model_dump()}")
     if args.wait_load is not None:
         wait_for_quiet(args.wait_load, 600)
