@@ -1,7 +1,7 @@
 """Compression benchmark: what int8 PTQ and 50% structured pruning buy on this CPU.
 
 resnet18 (timm) at 32×32 on the embedded glyphs dataset, measured at batch 64
-with kdbench's own measurement (``kdbench.measure.measure_latency``: warm-up,
+with kdbench's own measurement (``kdbench.measurement.measure.measure_latency``: warm-up,
 per-call timing, median), on all the CPU cores this process may use:
 
 - fp32 eager: the trained model (the reference);
@@ -60,13 +60,13 @@ def main() -> int:
     args = parser.parse_args()
 
     import kdbench
-    from kdbench.config import MeasureSpec, Recipe
+    from kdbench.core.config import MeasureSpec, Recipe
     from kdbench.engine.evaluate import evaluate
     from kdbench.engine.loop import train
     from kdbench.engine.models import create_model
     from kdbench.engine.seeding import seed_everything
-    from kdbench.measure import measure_latency, target_threads
-    from kdbench.pipeline import _CrossEntropy, deploy_targets, standalone_context
+    from kdbench.measurement.measure import measure_latency, target_threads
+    from kdbench.running.pipeline import _CrossEntropy, deploy_targets, standalone_context
     from kdbench_plugins.datasets import build_glyphs
     from kdbench_plugins.methods.prune import StructuredPrune
     from kdbench_plugins.methods.quant import StaticInt8

@@ -100,7 +100,7 @@ def write_suite(root: Path, name: str, *, methods, dataset, seeds, epochs, batch
 
 
 def timed(host, suite_path: str, executor: str, plugins_dir: str) -> tuple[float, list]:
-    from kdbench.runner import Overrides, prepare, run_suite
+    from kdbench.running.runner import Overrides, prepare, run_suite
 
     suite, cells = prepare(host, suite_path, Overrides(executor=executor))
     start = time.perf_counter()
@@ -134,7 +134,7 @@ def main() -> int:
 
     import ray
 
-    from kdbench.plugins import get_host
+    from kdbench.core.host import get_host
 
     host = get_host(str(plugins))
     report: dict = {"tracking_uri": uri, "cpus": os.cpu_count()}

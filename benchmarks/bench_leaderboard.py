@@ -23,7 +23,7 @@ from pathlib import Path
 
 
 def make_store(path: Path, runs: int, seed: int = 0) -> str:
-    from kdbench import tracking as tr
+    from kdbench.record import tracking as tr
 
     uri = f"sqlite:///{path}"
     c = tr.client(uri)
@@ -81,7 +81,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10_000)
     args = parser.parse_args()
-    from kdbench.leaderboards import aggregate, fetch_runs, runs_frame
+    from kdbench.results.leaderboards import aggregate, fetch_runs, runs_frame
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()

@@ -27,11 +27,11 @@ import time
 
 import torch
 
-from kdbench.config import MeasureSpec
+from kdbench.core.config import MeasureSpec
 from kdbench.engine.models import create_model
-from kdbench.environment import environment, summary_lines
-from kdbench.measure import measure_latency, measure_on_targets, static_metrics, target_threads
-from kdbench.plugins import get_host
+from kdbench.measurement.environment import environment, summary_lines
+from kdbench.measurement.measure import measure_latency, measure_on_targets, static_metrics, target_threads
+from kdbench.core.host import get_host
 
 STABILITY_CV = 0.05
 AGREEMENT = 0.05

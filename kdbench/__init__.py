@@ -6,19 +6,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from .api import (
+from kdbench.core.api import (
     Batch, Compressor, DataBundle, Dataset, Deployment, Distiller, Executor, Hardware, Method, ModelPair, Outputs,
     PairInfo, StageContext,
 )
-from .errors import ConfigError, DataError, KdbenchError, NotApplicableError, UnknownNameError
-from .hookspecs import hookimpl
+from kdbench.core.errors import ConfigError, DataError, KdbenchError, NotApplicableError, UnknownNameError
+from kdbench.core.hookspecs import hookimpl
 
 __version__ = "0.1.0"
 
 
 def leaderboard(*args: Any, **kwargs: Any):
-    """Build the leaderboard DataFrame from MLflow; see :func:`kdbench.leaderboards.build`."""
-    from .leaderboards import build
+    """Build the leaderboard DataFrame from MLflow; see :func:`kdbench.results.leaderboards.build`."""
+    from kdbench.results.leaderboards import build
 
     return build(*args, **kwargs)
 

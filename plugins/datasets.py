@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 import kdbench
-from kdbench.errors import DataError
+from kdbench.core.errors import DataError
 
 from . import _glyphs
 from ._data import ArrayDataset, Compose, IndexedDataset, Normalize, RandomCropFlip

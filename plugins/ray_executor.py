@@ -7,7 +7,7 @@
 - Each task asks for the suite's ``resources`` (``cpus_per_cell``,
   ``gpus_per_cell``; fractions allowed).
 - Teachers first: one task per distinct teacher cache key trains the teacher
-  into the cache (``kdbench.cell.prepare_teacher``), and the cells that need it
+  into the cache (``kdbench.running.cell.prepare_teacher``), and the cells that need it
   depend on that task, so a teacher is trained once, not once per cell. The
   cache (``KDBENCH_CACHE_DIR``) must be on a filesystem every worker mounts.
 - The driver has already created the MLflow experiment and the invocation run;
@@ -27,7 +27,7 @@ import sys
 from typing import Any
 
 import kdbench
-from kdbench.errors import ConfigError
+from kdbench.core.errors import ConfigError
 
 FORWARDED_ENV = ("KDBENCH_", "MLFLOW_")
 
@@ -108,7 +108,7 @@ def preflight(suite, tracking_uri: str, n_cells: int) -> None:
 
 
 def _forwarded_env() -> dict[str, str]:
-    from kdbench.teachers import cache_dir
+    from kdbench.running.teachers import cache_dir
 
     env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
     env["KDBENCH_CACHE_DIR"] = str(cache_dir().parent.resolve())  # absolute: workers start elsewhere
@@ -127,7 +127,7 @@ def _apply_env(env: dict[str, str], cwd: str) -> None:
     if os.path.isdir(cwd):
         os.chdir(cwd)
     if env != _APPLIED:  # plugin selection may differ from this worker's last task
-        from kdbench.plugins import reset_host
+        from kdbench.core.host import reset_host
 
         reset_host()
         _APPLIED = dict(env)
@@ -140,7 +140,7 @@ def _task(fn, job, env: dict[str, str], cwd: str, *after: Any):
 
 
 def run_ray(jobs, run_one):
-    from kdbench.cell import CellResult, prepare_teacher, teacher_cache_key
+    from kdbench.running.cell import CellResult, prepare_teacher, teacher_cache_key
 
     if not jobs:
         return []

@@ -77,7 +77,7 @@ def test_bench_checkpoint_with_metadata(kdbench_env):
 
 
 def test_bench_log_to_mlflow_and_runs_uri(kdbench_env):
-    from kdbench import tracking as tr
+    from kdbench.record import tracking as tr
     from kdbench.engine.models import create_model
 
     result = bench("test_resnet", *TINY, "--num-classes", "10", "--hardware", "cpu-1t,mps", "--log", *FAST)

@@ -92,7 +92,7 @@ def test_module_names_follow_repdistiller_so_published_checkpoints_load():
 def test_registration_happens_when_kdbench_loads_its_plugins_in_a_fresh_process():
     code = (
         "import timm; assert not timm.is_model('resnet8x4'); "
-        "from kdbench.plugins import load_host; host = load_host(); "
+        "from kdbench.core.host import load_host; host = load_host(); "
         "m = timm.create_model('resnet8x4', num_classes=3); "
         "print(type(m).__name__, host.pairs.get('resnet32x4-resnet8x4').teacher)"
     )
@@ -102,7 +102,7 @@ def test_registration_happens_when_kdbench_loads_its_plugins_in_a_fresh_process(
 
 
 def test_the_crd_tables_pairs_are_registered(kdbench_env):
-    from kdbench.plugins import get_host
+    from kdbench.core.host import get_host
 
     host = get_host()
     for name, teacher, student, _ in cm.PAIRS:

@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 
 import kdbench
-from kdbench.config import CellSpec, Recipe, Ref, Suite, load_suite_file, validate_suite
-from kdbench.errors import ConfigError, UnknownNameError
-from kdbench.plugins import load_host
-from kdbench.registry import Registry
-from kdbench.runner import Overrides, apply_overrides, expand
+from kdbench.core.config import CellSpec, Recipe, Ref, Suite, load_suite_file, validate_suite
+from kdbench.core.errors import ConfigError, UnknownNameError
+from kdbench.core.host import load_host
+from kdbench.core.registry import Registry
+from kdbench.running.runner import Overrides, apply_overrides, expand
 
 
 def test_unknown_name_suggests_the_closest_and_lists_valid_names():

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import kdbench
-from kdbench.config import Recipe
+from kdbench.core.config import Recipe
 from kdbench.engine.loop import NonFiniteLossError, train
 from kdbench.engine.models import create_model
 from kdbench.engine.seeding import seed_everything

@@ -17,9 +17,9 @@ import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from kdbench import tracking as tr
+from kdbench.record import tracking as tr
 from kdbench.cli import cli
-from kdbench.plugins import reset_host
+from kdbench.core.host import reset_host
 
 SUITE = """
 name: {name}
@@ -203,9 +203,9 @@ def test_failing_and_nan_cells_are_recorded_and_the_others_go_on(faulty, kdbench
 
 
 def _cell_and_data(kdbench_env):
-    from kdbench.cell import load_data
-    from kdbench.plugins import get_host
-    from kdbench.runner import Overrides, prepare
+    from kdbench.running.cell import load_data
+    from kdbench.core.host import get_host
+    from kdbench.running.runner import Overrides, prepare
 
     suite = write_suite(kdbench_env, "cache", ["baseline"])
     host = get_host(None)
@@ -216,7 +216,7 @@ def _cell_and_data(kdbench_env):
 def test_corrupt_teacher_cache_is_retrained_never_loaded(kdbench_env):
     import torch
 
-    from kdbench.teachers import cache_dir, get_teacher
+    from kdbench.running.teachers import cache_dir, get_teacher
 
     cell, data = _cell_and_data(kdbench_env)
     cpu = torch.device("cpu")
@@ -242,7 +242,7 @@ def test_corrupt_teacher_cache_is_retrained_never_loaded(kdbench_env):
 def test_concurrent_workers_train_a_teacher_once(kdbench_env):
     import torch
 
-    from kdbench.teachers import get_teacher
+    from kdbench.running.teachers import get_teacher
 
     cell, data = _cell_and_data(kdbench_env)
     sources: list[str] = []

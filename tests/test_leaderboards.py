@@ -6,7 +6,7 @@ import math
 import pandas as pd
 import pytest
 
-from kdbench.leaderboards import aggregate, ci95, display_frame, pareto_flags, published_top1
+from kdbench.results.leaderboards import aggregate, ci95, display_frame, pareto_flags, published_top1
 
 
 def row(method, seed, top1, status="FINISHED", start=0, pair="p", latency=1.0, version="0.1.0", recipe="r1", **extra):

@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from kdbench import Hardware
-from kdbench.config import MeasureSpec
-from kdbench.environment import environment, environment_tags, parse_cpuinfo
-from kdbench.measure import (
+from kdbench.core.config import MeasureSpec
+from kdbench.measurement.environment import environment, environment_tags, parse_cpuinfo
+from kdbench.measurement.measure import (
     measure_latency,
     measure_on_targets,
     measure_targets,
@@ -56,7 +56,7 @@ def test_absent_target_is_skipped_with_reason():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_registered_cuda_and_mps_targets_skip_without_crashing(kdbench_env):
-    from kdbench.plugins import get_host
+    from kdbench.core.host import get_host
 
     host = get_host()
     targets = [host.hardware.get(n) for n in ("cuda", "cuda:0", "cuda-compile")]

@@ -442,7 +442,7 @@ def test_gradients_reach_student_and_extras_never_the_teacher(name):
 
 
 def test_training_loop_leaves_the_teacher_untouched_and_trains_the_extras():
-    from kdbench.config import Recipe
+    from kdbench.core.config import Recipe
     from kdbench.engine.loop import train
     from kdbench_plugins.datasets import build_glyphs
 

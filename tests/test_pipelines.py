@@ -11,13 +11,13 @@ from torch import nn
 
 import kdbench
 from kdbench.cli import cli
-from kdbench.config import CellSpec, Pipeline, Recipe, Ref, Suite, method_stages, parse_method
-from kdbench.errors import ConfigError, UnknownNameError
-from kdbench.pipeline import check_method, run_method
-from kdbench.plugins import reset_host
-from kdbench.runner import expand
+from kdbench.core.config import CellSpec, Pipeline, Recipe, Ref, Suite, method_stages, parse_method
+from kdbench.core.errors import ConfigError, UnknownNameError
+from kdbench.running.pipeline import check_method, run_method
+from kdbench.core.host import reset_host
+from kdbench.running.runner import expand
 from kdbench.testing import make_host, tiny_data
-from kdbench.teachers import Teacher
+from kdbench.running.teachers import Teacher
 
 FAST = ["--datasets", "glyphs(num_train=192,num_test=96)", "--epochs", "2", "--batch-size", "32"]
 

@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 import kdbench
-from kdbench.plugins import load_host
+from kdbench.core.host import load_host
 
 FIRST_PARTY = {"baseline", "kd", "datasets", "pairs", "hardware", "executors", "suites"}
 

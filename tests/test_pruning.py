@@ -7,9 +7,9 @@ from torch import nn
 
 import kdbench
 import kdbench_plugins.cifar_models  # noqa: F401  (registers resnet8 into timm)
-from kdbench.config import Recipe
+from kdbench.core.config import Recipe
 from kdbench.engine.models import create_model
-from kdbench.pipeline import standalone_context
+from kdbench.running.pipeline import standalone_context
 from kdbench.testing import tiny_data
 from kdbench_plugins.methods.prune import StructuredPrune, clone_model, load_pruned, prune_model, save_pruned
 from kdbench_plugins.methods.prune_unstructured import UnstructuredPrune, prunable, sparsity_of

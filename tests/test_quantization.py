@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import kdbench
-from kdbench.config import MeasureSpec, Recipe
+from kdbench.core.config import MeasureSpec, Recipe
 from kdbench.engine.models import create_model
-from kdbench.measure import measure_targets
-from kdbench.pipeline import deploy_targets, standalone_context
+from kdbench.measurement.measure import measure_targets
+from kdbench.running.pipeline import deploy_targets, standalone_context
 from kdbench.testing import tiny_data
 from kdbench_plugins.methods import _pt2e
 from kdbench_plugins.methods.qat import QAT

@@ -10,9 +10,9 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from kdbench.cli import cli
-from kdbench.config import Suite
-from kdbench.errors import ConfigError
-from kdbench.plugins import reset_host
+from kdbench.core.config import Suite
+from kdbench.core.errors import ConfigError
+from kdbench.core.host import reset_host
 
 pytestmark = pytest.mark.ray
 
@@ -124,7 +124,7 @@ def test_worker_count_follows_the_suite_resources(ray_cluster):
     ({"cpus": 1}, "Extra inputs are not permitted"),
 ])
 def test_resources_are_validated(resources, message):
-    from kdbench.config import validate_suite
+    from kdbench.core.config import validate_suite
 
     data = {"name": "x", "version": 1, "methods": ["kd"], "pairs": ["tiny"], "datasets": ["glyphs"], "resources": resources}
     with pytest.raises(ConfigError, match=message):

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from kdbench.cli import cli
-from kdbench.plugins import reset_host
+from kdbench.core.host import reset_host
 
 FAST = ["--datasets", "glyphs(num_train=192,num_test=96)", "--epochs", "2", "--batch-size", "32"]
 

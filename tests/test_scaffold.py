@@ -19,8 +19,8 @@ import pytest
 from click.testing import CliRunner
 
 from kdbench.cli import cli
-from kdbench.plugins import reset_host
-from kdbench.scaffold import KINDS, Names
+from kdbench.core.host import reset_host
+from kdbench.authoring.scaffold import KINDS, Names
 from kdbench.testing import check_dataset, check_hardware, check_method, check_pair, make_host
 
 NAMES = {kind: f"kit-{kind}" for kind in KINDS}

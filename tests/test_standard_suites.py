@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from kdbench.cli import cli
-from kdbench.plugins import get_host, reset_host
-from kdbench.runner import Overrides, prepare
+from kdbench.core.host import get_host, reset_host
+from kdbench.running.runner import Overrides, prepare
 
 
 @pytest.fixture(autouse=True)
@@ -177,7 +177,7 @@ def test_a_method_that_cannot_apply_fails_before_training(kdbench_env):
 
 
 def test_per_pair_settings_are_validated(kdbench_env):
-    from kdbench.errors import ConfigError
+    from kdbench.core.errors import ConfigError
 
     bad = kdbench_env / "bad.yaml"
     bad.write_text(

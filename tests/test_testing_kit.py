@@ -248,7 +248,7 @@ def test_make_host_is_isolated(monkeypatch):
 
 
 def test_fixtures_isolate_tracking_and_the_host(kdbench_env, kdbench_host, kdbench_suite, kdbench_tracking_uri):
-    from kdbench.plugins import get_host
+    from kdbench.core.host import get_host
 
     assert kdbench_tracking_uri == f"sqlite:///{kdbench_env / 'mlflow.db'}" == os.environ["MLFLOW_TRACKING_URI"]
     assert os.environ["KDBENCH_CACHE_DIR"] == str(kdbench_env / "cache") and os.getcwd() == str(kdbench_env)

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from ..errors import KdbenchError
+from kdbench.core.errors import KdbenchError
 
 
 class KdbenchGroup(click.Group):
@@ -18,7 +18,7 @@ class KdbenchGroup(click.Group):
         if self._plugin_commands_added:
             return
         self._plugin_commands_added = True
-        from ..plugins import get_host
+        from kdbench.core.host import get_host
 
         host = get_host(ctx.params.get("plugins_dir"))
         host.call("register_commands", cli=self)
@@ -49,17 +49,17 @@ def cli(ctx: click.Context, plugins_dir: str | None) -> None:
 
 
 def host_from(ctx: click.Context):
-    from ..plugins import get_host
+    from kdbench.core.host import get_host
 
     return get_host((ctx.obj or {}).get("plugins_dir"))
 
 
-from . import bench as _bench  # noqa: E402  (commands register themselves on `cli`)
-from . import leaderboard as _leaderboard  # noqa: E402
-from . import list as _list  # noqa: E402
-from . import plugins as _plugins  # noqa: E402
-from . import report as _report  # noqa: E402
-from . import run as _run  # noqa: E402
+from kdbench.cli import bench as _bench  # noqa: E402  (commands register themselves on `cli`)
+from kdbench.cli import leaderboard as _leaderboard  # noqa: E402
+from kdbench.cli import list as _list  # noqa: E402
+from kdbench.cli import plugins as _plugins  # noqa: E402
+from kdbench.cli import report as _report  # noqa: E402
+from kdbench.cli import run as _run  # noqa: E402
 
 
 def main() -> None:

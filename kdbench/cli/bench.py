@@ -23,8 +23,8 @@ from typing import Any
 
 import click
 
-from ..errors import ConfigError, KdbenchError
-from . import cli, host_from
+from kdbench.core.errors import ConfigError, KdbenchError
+from kdbench.cli import cli, host_from
 
 CHECKPOINT_FORMAT = 1
 DEFAULT_INPUT_SIZE = (3, 224, 224)
@@ -84,7 +84,7 @@ def _default_input_size(arch: str) -> tuple[int, int, int]:
 
 def _classifier_classes(arch: str, state_dict: dict, input_size, model_kwargs: dict) -> int | None:
     """Rows of the classifier weight in ``state_dict``, found through timm's ``get_classifier``."""
-    from ..engine.models import create_model
+    from kdbench.engine.models import create_model
 
     probe = create_model(arch, 1000, input_size, **model_kwargs)
     get = getattr(probe, "get_classifier", None)
@@ -99,7 +99,7 @@ def _classifier_classes(arch: str, state_dict: dict, input_size, model_kwargs: d
 
 
 def _build(arch: str, num_classes: int, input_size, model_kwargs: dict, state_dict: dict | None, where: str):
-    from ..engine.models import create_model
+    from kdbench.engine.models import create_model
 
     model = create_model(arch, num_classes, input_size, **model_kwargs)
     if state_dict is not None:
@@ -162,7 +162,7 @@ def load_model(ref: str, num_classes: int | None = None, input_size: tuple[int, 
 def _from_run(ref: str, num_classes, input_size, tracking_uri) -> LoadedModel:
     import yaml
 
-    from .. import tracking as tr
+    from kdbench.record import tracking as tr
 
     rest = ref.removeprefix("runs:/").strip("/")
     run_id, _, artifact = rest.partition("/")
@@ -251,7 +251,7 @@ def _human(n: float | None, unit: str = "") -> str:
 def _print(console, loaded: LoadedModel, static: dict, results: list) -> None:
     from rich.table import Table
 
-    from ..measure import MACS_COUNTER
+    from kdbench.measurement.measure import MACS_COUNTER
 
     c, h, w = loaded.input_size
     console.print(
@@ -317,9 +317,9 @@ def bench_command(ctx: click.Context, models, hardware, batch_size, throughput_b
     """
     from rich.console import Console
 
-    from .. import environment as envmod
-    from ..config import MeasureSpec
-    from ..measure import PRECISIONS, measure_targets, result_tags, static_metrics
+    from kdbench.measurement import environment as envmod
+    from kdbench.core.config import MeasureSpec
+    from kdbench.measurement.measure import PRECISIONS, measure_targets, result_tags, static_metrics
 
     if tracking_uri:
         import mlflow
@@ -371,16 +371,16 @@ def bench_command(ctx: click.Context, models, hardware, batch_size, throughput_b
         click.echo(json.dumps({"environment": env, "measure": spec.model_dump(), "models": report},
                               indent=2, default=str))
     if logged:
-        from .. import tracking as tr
+        from kdbench.record import tracking as tr
 
         click.echo(f"logged {len(logged)} run(s) to MLflow experiment {tr.experiment_name(BENCH_SUITE)!r} "
                    f"({tr.tracking_uri()}): {', '.join(logged)}", err=True)
 
 
 def _log(host, item: LoadedModel, static: dict, results: list, tags: dict, spec, targets, env: dict) -> str:
-    from .. import tracking as tr
-    from ..environment import environment_tags
-    from ..measure import MACS_COUNTER
+    from kdbench.record import tracking as tr
+    from kdbench.measurement.environment import environment_tags
+    from kdbench.measurement.measure import MACS_COUNTER
 
     c = tr.client()
     exp = tr.ensure_experiment(c, tr.experiment_name(BENCH_SUITE))

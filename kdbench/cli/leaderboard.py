@@ -8,8 +8,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ..errors import KdbenchError
-from . import cli, host_from
+from kdbench.core.errors import KdbenchError
+from kdbench.cli import cli, host_from
 
 FORMATS = ("table", "md", "csv", "json", "html")
 
@@ -45,8 +45,8 @@ def published_for(ctx: click.Context, suite: str | None) -> dict:
 def leaderboard_command(ctx, suite, fmt, out, dataset, pair, method, hardware, version, since, until, tracking_uri):
     """Leaderboard of SUITE (all kdbench suites if omitted): mean ± std and 95% CI over seeds,
     Δ against the student baseline paired by seed, Δ against the teacher, speed per target."""
-    from ..leaderboards import build, display_frame, to_markdown
-    from ..report import html_page
+    from kdbench.results.leaderboards import build, display_frame, to_markdown
+    from kdbench.results.report import html_page
 
     board = build(suite, tracking_uri, dataset=dataset, pair=pair, method=method, hardware=hardware or None,
                   version=version, since=_date(since, "--since"), until=_date(until, "--until"),

@@ -8,7 +8,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from . import cli, host_from
+from kdbench.cli import cli, host_from
 
 KINDS = ("methods", "pairs", "datasets", "hardware", "suites", "executors", "plugins")
 

@@ -7,8 +7,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from . import cli, host_from
-from .list import _cell, plugin_rows
+from kdbench.cli import cli, host_from
+from kdbench.cli.list import _cell, plugin_rows
 
 KINDS = ("method", "dataset", "pair", "hardware", "executor")
 
@@ -50,7 +50,7 @@ def new_command(ctx: click.Context, name: str, kind: str, directory: str | None)
     The package has a pyproject.toml with the `kdbench` entry point, the plugin
     module with a working example, tests using kdbench.testing, and a README.
     """
-    from ..scaffold import RUN_COMMAND, _REGISTRY, create
+    from kdbench.authoring.scaffold import RUN_COMMAND, _REGISTRY, create
 
     root, files = create(name, kind, directory, host=host_from(ctx))
     click.echo(f"wrote {kind} plugin {name!r} to {root}:")

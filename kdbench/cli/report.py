@@ -5,8 +5,8 @@ from pathlib import Path
 
 import click
 
-from . import cli
-from .leaderboard import published_for
+from kdbench.cli import cli
+from kdbench.cli.leaderboard import published_for
 
 
 @cli.command("report")
@@ -17,7 +17,7 @@ from .leaderboard import published_for
 @click.pass_context
 def report_command(ctx: click.Context, suite: str, out: str | None, tracking_uri: str | None, no_mlflow: bool) -> None:
     """Write the report of SUITE: README.md, results.csv/json, plots and index.html."""
-    from ..report import write_report
+    from kdbench.results.report import write_report
 
     if tracking_uri:
         import mlflow

@@ -8,9 +8,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ..config import _split_top_level
-from ..errors import ConfigError
-from . import cli, host_from
+from kdbench.core.config import split_top_level
+from kdbench.core.errors import ConfigError
+from kdbench.cli import cli, host_from
 
 DEFAULT_SUITE = "default"
 
@@ -19,7 +19,7 @@ def _names(values: tuple[str, ...]) -> list[str] | None:
     """--methods a,b --methods "kd(T=2,alpha=0.5)" → ['a', 'b', 'kd(T=2,alpha=0.5)']."""
     if not values:
         return None
-    return [p.strip() for v in values for p in _split_top_level(v) if p.strip()]
+    return [p.strip() for v in values for p in split_top_level(v) if p.strip()]
 
 
 def _seeds(values: tuple[str, ...]) -> list[int] | None:
@@ -70,8 +70,8 @@ def run_command(ctx: click.Context, suite: str, methods, pairs, datasets, seeds,
                 device, executor, data_dir, teacher_checkpoint, teacher_pretrained, tracking_uri, force, dry_run,
                 as_json, ray_address=None) -> None:
     """Run SUITE (default: the `default` suite), a registered name or a YAML file."""
-    from .. import tracking as tr
-    from ..runner import Overrides, describe_cells, prepare, run_suite
+    from kdbench.record import tracking as tr
+    from kdbench.running.runner import Overrides, describe_cells, prepare, run_suite
 
     if tracking_uri:
         import mlflow
@@ -133,7 +133,7 @@ def _finished_if_tracked(suite: str) -> dict[str, str]:
     """Finished cells for the dry run, without creating a tracking store that is not there."""
     from pathlib import Path
 
-    from .. import tracking as tr
+    from kdbench.record import tracking as tr
 
     uri = tr.tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():

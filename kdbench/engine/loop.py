@@ -11,10 +11,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..api import Batch, DataBundle, Distiller, PairInfo
-from ..config import Recipe
-from .evaluate import evaluate
-from .models import forward_with_taps
+from kdbench.core.api import Batch, DataBundle, Distiller, PairInfo
+from kdbench.core.config import Recipe
+from kdbench.engine.evaluate import evaluate
+from kdbench.engine.models import forward_with_taps
 
 
 class NonFiniteLossError(FloatingPointError):

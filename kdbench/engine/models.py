@@ -8,14 +8,14 @@ import timm
 import torch
 from torch import nn
 
-from ..api import Outputs
-from ..errors import ConfigError
+from kdbench.core.api import Outputs
+from kdbench.core.errors import ConfigError
 
 
 def create_model(arch: str, num_classes: int, input_size: tuple[int, int, int], **kwargs: Any) -> nn.Module:
     """``timm.create_model`` with the dataset's classes, channels and image size."""
     if not timm.is_model(arch):
-        from ..registry import did_you_mean
+        from kdbench.core.registry import did_you_mean
 
         hint = did_you_mean(arch, timm.list_models())
         raise ConfigError(
@@ -48,6 +48,3 @@ def forward_with_taps(model: nn.Module, x: torch.Tensor, stages: Sequence[int], 
     pooled = model.forward_head(final, pre_logits=True) if pre_logits else None
     return Outputs(model.forward_head(final), list(feats), pooled)
 
-
-def supports_taps(model: nn.Module) -> bool:
-    return hasattr(model, "forward_intermediates") and hasattr(model, "forward_head")

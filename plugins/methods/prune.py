@@ -238,7 +238,7 @@ class StructuredPrune(kdbench.Compressor):
         self._arch: tuple[str, dict[str, Any]] | None = None
 
     def apply(self, model: nn.Module, ctx: kdbench.StageContext) -> nn.Module:
-        from kdbench.measure import count_macs
+        from kdbench.measurement.measure import count_macs
 
         self._arch = (ctx.arch, dict(ctx.arch_kwargs), tuple(ctx.input_size))
         unpruned = clone_model(model, ctx)

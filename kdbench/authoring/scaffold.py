@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import KdbenchError
+from kdbench.core.errors import KdbenchError
 
 KINDS = ("method", "dataset", "pair", "hardware", "executor")
 _REGISTRY = {"method": "methods", "dataset": "datasets", "pair": "pairs", "hardware": "hardware",
@@ -67,7 +67,7 @@ def check_name(name: str, kind: str, host: Any = None) -> Names:
 
 def render(kind: str, names: Names) -> dict[str, str]:
     """The files of a new plugin package: relative path → text."""
-    from . import __version__
+    from kdbench import __version__
 
     major_minor = ".".join(__version__.split(".")[:2])
     subs = {  # composite snippets first: they contain the simple placeholders
@@ -671,7 +671,7 @@ to the next, and a crash in native code fails that cell instead of the suite.
 
 The executor contract (``kdbench.Executor``): ``run(jobs, run_one)`` calls
 ``run_one(job)`` for every job and returns the results in job order. Jobs and
-``run_one`` (``kdbench.cell.run_job``) are picklable; in the worker,
+``run_one`` (``kdbench.running.cell.run_job``) are picklable; in the worker,
 ``run_one`` rebuilds kdbench's plugin host from the installed entry points,
 logs the cell to MLflow and never raises for a failing cell.
 """
@@ -706,7 +706,7 @@ def _in_fresh_process(run_one, job):
             cell = getattr(job, "cell", None)
             if cell is None:
                 raise
-            from kdbench.cell import CellResult
+            from kdbench.running.cell import CellResult
 
             return CellResult(cell, "FAILED", error=f"worker process died: {exc}")
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import tracking as tr
+from kdbench.record import tracking as tr
 
 GROUP = ["suite", "dataset", "pair", "method"]
 T = tr.TAG

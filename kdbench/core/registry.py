@@ -10,7 +10,7 @@ import difflib
 from collections.abc import Iterator
 from typing import Generic, TypeVar
 
-from .errors import KdbenchError, UnknownNameError
+from kdbench.core.errors import KdbenchError, UnknownNameError
 
 T = TypeVar("T")
 

@@ -42,39 +42,44 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .api import Batch, Compressor, DataBundle, Deployment, Distiller, Hardware, StageContext
-from .config import CellSpec, Pipeline, Ref, method_stages
-from .engine.evaluate import evaluate
-from .engine.loop import EpochResult, TrainResult, train
-from .engine.models import count_params, create_model
-from .engine.seeding import seed_everything
-from .errors import ConfigError, NotApplicableError
-from .progress import TrainingProgress, chain
+from kdbench.core.api import Compressor, DataBundle, Deployment, Distiller, Hardware, StageContext
+from kdbench.core.config import REFERENCE_METHOD, CellSpec, Pipeline, Ref, method_stages
+from kdbench.engine.evaluate import evaluate
+from kdbench.engine.loop import EpochResult, TrainResult, train
+from kdbench.engine.models import count_params, create_model
+from kdbench.engine.objectives import CrossEntropy
+from kdbench.engine.seeding import seed_everything
+from kdbench.core.errors import ConfigError, NotApplicableError
+from kdbench.running.progress import TrainingProgress, chain
 
-BASELINE = "baseline"
 STAGE_TAG = "kdbench.stage"
 
 
 # --------------------------------------------------------------------------- checking
 
 
-def is_single_distiller(host: Any, method: Ref | Pipeline) -> bool:
-    return isinstance(method, Ref) and host.methods.get(method.name).kind == "distiller"
+def stage_plan(host: Any, method: Ref | Pipeline) -> list[Ref]:
+    """The stages a cell's method runs, numbered from 1 in this order everywhere (params, metrics, tags).
+
+    A single method is a one-stage plan; a plan whose first stage compresses
+    starts from the student trained alone (the reference method is stage 1).
+    """
+    stages = method_stages(method)
+    if host.methods.get(stages[0].name).kind != "distiller":
+        return [Ref(name=REFERENCE_METHOD)] + stages
+    return stages
 
 
 def check_method(host: Any, method: Ref | Pipeline) -> None:
-    """Every stage registered with valid options; compressors built (their option values checked);
-    nothing after a terminal stage. Raises ``ConfigError`` / ``UnknownNameError`` with one line."""
+    """Every stage registered, with valid options, and built (its option values checked); nothing after
+    a terminal stage. Raises ``ConfigError`` / ``UnknownNameError`` with one line."""
     stages = method_stages(method)
     for i, ref in enumerate(stages):
         registered = host.methods.get(ref.name)
         registered.resolve_options(ref.options)
-        if len(stages) == 1 and registered.kind == "distiller":
-            return  # a single distiller: checked as it always was
         obj = registered.build(ref.options)
         if registered.kind == "distiller" and not isinstance(obj, Distiller):
             raise ConfigError(f"method {ref.name!r} is registered as a distiller but builds a {type(obj).__name__}")
@@ -128,15 +133,6 @@ def describe_deployment(deployment: Deployment | None) -> str:
 # --------------------------------------------------------------------------- running
 
 
-class _CrossEntropy(Distiller):
-    """Plain fine-tuning: cross-entropy on the labels."""
-
-    needs_teacher = False
-
-    def loss_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
-        return {"ce": F.cross_entropy(batch.student.logits, batch.targets)}
-
-
 @dataclass
 class MethodResult:
     """What a cell's method produced, ready to be measured and logged."""
@@ -147,7 +143,7 @@ class MethodResult:
     tags: dict[str, str] = field(default_factory=dict)
     deployment: Deployment | None = None
     saver: Compressor | None = None  # the stage that writes the artifact (None: the student's state_dict)
-    pipeline: bool = False  # True: stages ran (size on disk is then the saved artifact's)
+    pipeline: bool = False  # True: several stages ran (size on disk is then the saved artifact's)
 
     @property
     def artifact_name(self) -> str:
@@ -164,129 +160,143 @@ EpochLogger = Callable[[EpochResult, str, int], None]  # (result, metric prefix,
 Reuse = Callable[[Ref], "tuple[dict[str, torch.Tensor], dict[str, float], str] | None"]
 
 
-def _train_distiller(
-    cell: CellSpec, host: Any, ref: Ref, data: DataBundle, teacher: nn.Module | None, device: torch.device,
-    seed: int, student: nn.Module | None, label: str, log_epoch: EpochLogger, prefix: str,
-) -> tuple[nn.Module, TrainResult, Distiller]:
-    """Train ``student`` (a fresh one when None) with the distiller ``ref`` for the cell's recipe."""
-    distiller = host.methods.get(ref.name).build(ref.options)
-    generator = seed_everything(seed)
-    if student is None:
-        student = create_model(cell.student_arch, data.num_classes, data.input_size, **cell.student_kwargs)
-    distiller.check_pair(student, teacher if distiller.needs_teacher else None)
-    steps = len(data.train) // cell.recipe.batch_size
-    progress = TrainingProgress(label, cell.recipe.epochs, steps)
-    try:
-        result = train(
-            student, distiller, teacher if distiller.needs_teacher else None, data, cell.recipe, device,
-            generator, on_step=progress.on_step,
-            on_epoch=chain(progress.on_epoch, lambda r: log_epoch(r, prefix, 0)),
-        )
-    finally:
-        progress.close()
-    student.eval()
-    return student, result, distiller
+def stage_prefix(index: int, ref: Ref, plan: list[Ref]) -> str:
+    """Metric prefix of stage ``index`` (0-based): none for a one-stage plan, ``stage<N>.<method>.`` otherwise."""
+    return "" if len(plan) == 1 else f"stage{index + 1}.{ref.name}."
+
+
+@dataclass
+class _Progress:
+    """What the stages built so far, carried from one stage to the next."""
+
+    model: nn.Module | None = None
+    float_model: nn.Module | None = None
+    deployment: Deployment | None = None
+    saver: Compressor | None = None
+    eval_device: torch.device | None = None
+    train_seconds: float = 0.0
+    extra_params: int = 0
+    last_train: TrainResult | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 def run_method(
     cell: CellSpec, host: Any, data: DataBundle, teacher: Any, device: torch.device, log_epoch: EpochLogger,
     reuse: Reuse | None = None,
 ) -> MethodResult:
-    """Train (and compress) the cell's student; ``teacher`` is a ``kdbench.teachers.Teacher``."""
-    stages = method_stages(cell.method)
-    if is_single_distiller(host, cell.method):
-        student, result, distiller = _train_distiller(
-            cell, host, cell.method, data, teacher.model, device, cell.seed, None,
-            f"{cell.method}/{cell.pair}/seed{cell.seed}", log_epoch, "",
-        )
-        last, best = result.last, result.best
-        return MethodResult(student, student, {
-            "top1": last.test_top1, "top5": last.test_top5,
-            "best_top1": best.test_top1, "best_epoch": best.epoch,
-            "train_seconds": result.seconds,
-            "extra_params": count_params(distiller),
-            "delta_teacher_top1": last.test_top1 - teacher.top1,
-        })
-    return _run_pipeline(cell, host, stages, data, teacher, device, log_epoch, reuse)
+    """Train (and compress) the cell's student, stage by stage; ``teacher`` is a ``kdbench.running.teachers.Teacher``.
+
+    One loop for every method: a single distiller is a one-stage plan. Stage
+    ``i`` (0-based) seeds with ``seed + i``.
+    """
+    plan = stage_plan(host, cell.method)
+    state = _Progress(eval_device=device)
+    for i, ref in enumerate(plan):
+        label = (f"{cell.method}/{cell.pair}/seed{cell.seed}" if len(plan) == 1
+                 else f"{cell.method} [{i + 1}/{len(plan)} {ref}]/{cell.pair}/seed{cell.seed}")
+        prefix = stage_prefix(i, ref, plan)
+        if host.methods.get(ref.name).kind == "distiller":
+            _distiller_stage(cell, host, plan, i, data, teacher, device, label, prefix, log_epoch, reuse, state)
+        else:
+            _compressor_stage(cell, host, ref, i, data, teacher, device, label, prefix, log_epoch, state)
+    return _summary(cell, plan, data, teacher, state)
 
 
-def _stage_prefix(index: int, ref: Ref) -> str:
-    return f"stage{index + 1}.{ref.name}."
+def _distiller_stage(
+    cell: CellSpec, host: Any, plan: list[Ref], i: int, data: DataBundle, teacher: Any, device: torch.device,
+    label: str, prefix: str, log_epoch: EpochLogger, reuse: Reuse | None, state: _Progress,
+) -> None:
+    """Train the model so far (a fresh student at stage 1) with a distiller, or reuse the first stage's student
+    from the FINISHED single-method cell of that distiller."""
+    ref = plan[i]
+    reused = reuse(ref) if (i == 0 and len(plan) > 1 and reuse is not None) else None
+    if reused is not None:
+        weights, prior, source = reused
+        model = create_model(cell.student_arch, data.num_classes, data.input_size, **cell.student_kwargs)
+        model.load_state_dict(weights)
+        model.to(device).eval()
+        state.train_seconds += float(prior.get("train_seconds", 0.0))
+        state.metrics.update({prefix + k: float(prior[k]) for k in ("top1", "top5", "train_seconds") if k in prior})
+        state.tags[f"{STAGE_TAG}1.source"] = source
+    else:
+        distiller = host.methods.get(ref.name).build(ref.options)
+        generator = seed_everything(cell.seed + i)
+        model = state.model
+        if model is None:
+            model = create_model(cell.student_arch, data.num_classes, data.input_size, **cell.student_kwargs)
+        t_model = teacher.model if distiller.needs_teacher else None
+        distiller.check_pair(model, t_model)
+        progress = TrainingProgress(label, cell.recipe.epochs, len(data.train) // cell.recipe.batch_size)
+        try:
+            result = train(model, distiller, t_model, data, cell.recipe, device, generator, on_step=progress.on_step,
+                           on_epoch=chain(progress.on_epoch, lambda r: log_epoch(r, prefix, 0)))
+        finally:
+            progress.close()
+        model.eval()
+        state.last_train = result
+        state.train_seconds += result.seconds
+        state.extra_params += count_params(distiller)
+        if len(plan) > 1:
+            state.metrics.update({prefix + "top1": result.last.test_top1, prefix + "top5": result.last.test_top5,
+                                  prefix + "train_seconds": result.seconds})
+            if i == 0:
+                state.tags[f"{STAGE_TAG}1.source"] = "trained"
+    state.model = state.float_model = model
 
 
-def _run_pipeline(
-    cell: CellSpec, host: Any, stages: list[Ref], data: DataBundle, teacher: Any, device: torch.device,
-    log_epoch: EpochLogger, reuse: Reuse | None,
-) -> MethodResult:
-    implicit = host.methods.get(stages[0].name).kind != "distiller"
-    if implicit:  # a pipeline that starts by compressing starts from the student trained alone
-        stages = [Ref(name=BASELINE)] + stages
-    metrics: dict[str, float] = {}
-    tags: dict[str, str] = {}
-    train_seconds = 0.0
-    extra_params = 0
-    model: nn.Module | None = None
-    float_model: nn.Module | None = None
-    deployment: Deployment | None = None
-    saver: Compressor | None = None
-    eval_device = device
+def _compressor_stage(
+    cell: CellSpec, host: Any, ref: Ref, i: int, data: DataBundle, teacher: Any, device: torch.device,
+    label: str, prefix: str, log_epoch: EpochLogger, state: _Progress,
+) -> None:
+    """Prune or quantize the model so far (``Compressor.apply``); its fine-tuning runs the same loop."""
+    compressor = host.methods.get(ref.name).build(ref.options)
+    assert isinstance(compressor, Compressor) and state.model is not None
+    seed_everything(cell.seed + i)
+    ctx, spent = _context(cell, host, ref, i, data, teacher.model, device, label, log_epoch, prefix)
+    t0 = time.perf_counter()
+    model = compressor.apply(state.model, ctx)
+    state.metrics[prefix + "seconds"] = time.perf_counter() - t0
+    state.train_seconds += spent["seconds"]
+    state.extra_params += spent["extra_params"]
+    state.metrics.update({prefix + k: float(v) for k, v in ctx.metrics.items()})
+    state.model, state.float_model = model, compressor.float_model(model)
+    state.deployment = compressor.deployment(model) or state.deployment
+    if type(compressor).save is not Compressor.save or compressor.artifact_name != Compressor.artifact_name:
+        state.saver = compressor
+    deployment = state.deployment
+    if deployment is not None and deployment.devices and torch.device(device).type not in deployment.devices:
+        state.eval_device = torch.device(deployment.devices[0])
+    state.last_train = None
 
-    for i, ref in enumerate(stages):
-        prefix = _stage_prefix(i, ref)
-        label = f"{cell.method} [{i + 1}/{len(stages)} {ref}]/{cell.pair}/seed{cell.seed}"
-        registered = host.methods.get(ref.name)
-        if registered.kind == "distiller":
-            reused = reuse(ref) if (i == 0 and reuse is not None) else None
-            if reused is not None:
-                state, prior, source = reused
-                model = create_model(cell.student_arch, data.num_classes, data.input_size, **cell.student_kwargs)
-                model.load_state_dict(state)
-                model.to(device).eval()
-                train_seconds += float(prior.get("train_seconds", 0.0))
-                metrics.update({prefix + k: float(prior[k]) for k in ("top1", "top5", "train_seconds") if k in prior})
-                tags[f"{STAGE_TAG}{i + 1}.source"] = source
-            else:
-                model, result, distiller = _train_distiller(
-                    cell, host, ref, data, teacher.model, device, cell.seed + i, model, label, log_epoch, prefix,
-                )
-                train_seconds += result.seconds
-                extra_params += count_params(distiller)
-                metrics.update({prefix + "top1": result.last.test_top1, prefix + "top5": result.last.test_top5,
-                                prefix + "train_seconds": result.seconds})
-                if i == 0:
-                    tags[f"{STAGE_TAG}1.source"] = "trained"
-            float_model = model
-            continue
 
-        compressor = registered.build(ref.options)
-        assert isinstance(compressor, Compressor)
-        assert model is not None
-        seed_everything(cell.seed + i)
-        ctx, spent = _context(cell, host, ref, i, data, teacher.model, device, label, log_epoch, prefix)
-        t0 = time.perf_counter()
-        model = compressor.apply(model, ctx)
-        metrics[prefix + "seconds"] = time.perf_counter() - t0
-        train_seconds += spent["seconds"]
-        extra_params += spent["extra_params"]
-        metrics.update({prefix + k: float(v) for k, v in ctx.metrics.items()})
-        float_model = compressor.float_model(model)
-        deployment = compressor.deployment(model) or deployment
-        if type(compressor).save is not Compressor.save or compressor.artifact_name != Compressor.artifact_name:
-            saver = compressor
-        if deployment is not None and deployment.devices and torch.device(device).type not in deployment.devices:
-            eval_device = torch.device(deployment.devices[0])
-
-    assert model is not None and float_model is not None
-    test = evaluate(model.to(eval_device), DataLoader(data.test, batch_size=cell.recipe.eval_batch_size), eval_device)
-    metrics.update({
-        "top1": test.top1, "top5": test.top5, "train_seconds": train_seconds, "extra_params": extra_params,
-        "delta_teacher_top1": test.top1 - teacher.top1, "stages": len(stages),
-    })
-    tags[STAGE_TAG + "s"] = " > ".join(str(s) for s in stages) + (" (baseline implied)" if implicit else "")
-    tags["kdbench.deployment"] = describe_deployment(deployment)
-    if deployment is not None and not deployment.speedup:
-        tags["kdbench.speedup_note"] = deployment.speedup_note or "this compression gives no speed-up by nature"
-    return MethodResult(model, float_model, metrics, tags, deployment, saver, pipeline=True)
+def _summary(cell: CellSpec, plan: list[Ref], data: DataBundle, teacher: Any, state: _Progress) -> MethodResult:
+    """The cell's final metrics: the last epoch's for a one-stage plan, a fresh test pass after several stages."""
+    assert state.model is not None and state.float_model is not None
+    metrics = dict(state.metrics)
+    if len(plan) == 1:
+        assert state.last_train is not None
+        last, best = state.last_train.last, state.last_train.best
+        metrics.update({"top1": last.test_top1, "top5": last.test_top5, "best_top1": best.test_top1,
+                        "best_epoch": best.epoch})
+        top1 = last.test_top1
+    else:
+        test = evaluate(state.model.to(state.eval_device),
+                        DataLoader(data.test, batch_size=cell.recipe.eval_batch_size), state.eval_device)
+        metrics.update({"top1": test.top1, "top5": test.top5})
+        top1 = test.top1
+    metrics.update({"train_seconds": state.train_seconds, "extra_params": state.extra_params,
+                    "delta_teacher_top1": top1 - teacher.top1})
+    if len(plan) == 1:
+        return MethodResult(state.model, state.float_model, metrics)
+    implied = plan[0].name == REFERENCE_METHOD and method_stages(cell.method)[0].name != REFERENCE_METHOD
+    metrics["stages"] = len(plan)
+    tags = dict(state.tags)
+    tags[STAGE_TAG + "s"] = " > ".join(str(s) for s in plan) + (" (baseline implied)" if implied else "")
+    tags["kdbench.deployment"] = describe_deployment(state.deployment)
+    if state.deployment is not None and not state.deployment.speedup:
+        tags["kdbench.speedup_note"] = state.deployment.speedup_note or "this compression gives no speed-up by nature"
+    return MethodResult(state.model, state.float_model, metrics, tags, state.deployment, state.saver, pipeline=True)
 
 
 def _context(
@@ -300,7 +310,7 @@ def _context(
                  lr: float | None) -> TrainResult | None:
         if epochs <= 0:
             return None
-        distiller = distiller if distiller is not None else _CrossEntropy()
+        distiller = distiller if distiller is not None else CrossEntropy()
         recipe = cell.recipe
         recipe = recipe.model_copy(update={
             "epochs": epochs, "warmup_epochs": 0.0, "milestones": [], "lr": lr or recipe.lr,
@@ -356,7 +366,7 @@ def standalone_context(
     """A :class:`StageContext` outside a suite (benchmarks, notebooks, tests): fine-tuning runs the host's
     loop with ``recipe``; ``ctx.distiller(name)`` builds from ``host`` (default: the loaded plugins)."""
     if host is None:
-        from .plugins import get_host
+        from kdbench.core.host import get_host
 
         host = get_host()
     kwargs = dict(arch_kwargs or {})
@@ -375,7 +385,7 @@ def standalone_context(
 
 def reuse_from_mlflow(c: Any, experiment_id: str, cell: CellSpec) -> Reuse:
     """A ``reuse`` callback: the student of the FINISHED single-method cell of ``ref`` (same everything else)."""
-    from . import tracking as tr
+    from kdbench.record import tracking as tr
 
     def reuse(ref: Ref):
         key = cell.model_copy(update={"method": ref}).spec_hash

@@ -13,15 +13,13 @@ import timm
 import torch
 from pydantic import ValidationError
 
-from . import tracking as tr
-from .cell import CellJob, CellResult, load_data, run_job
-from .config import CellSpec, Pipeline, Recipe, Ref, Suite, format_validation_error, load_suite_file
-from .errors import ConfigError, DeviceUnavailableError
-from .pipeline import check_method
-from .plugins import PluginHost
-from .registry import did_you_mean
-
-BASELINE = "baseline"
+from kdbench.record import tracking as tr
+from kdbench.running.cell import CellJob, CellResult, load_data, run_job
+from kdbench.core.config import REFERENCE_METHOD, CellSpec, Pipeline, Recipe, Ref, Suite, format_validation_error, load_suite_file
+from kdbench.core.errors import ConfigError, DeviceUnavailableError
+from kdbench.running.pipeline import check_method
+from kdbench.core.host import PluginHost
+from kdbench.core.registry import did_you_mean
 
 # CLI flag for each overridable field, so errors name what the user typed.
 FLAG_FOR = {
@@ -156,9 +154,9 @@ def expand(suite: Suite, host: PluginHost, device: str) -> list[CellSpec]:
     (``{method: {option: value}}``, defaults for that pair's cells).
     """
     methods = list(suite.methods)
-    if not any(m.name == BASELINE for m in methods):
-        methods.insert(0, Ref(name=BASELINE))
-    methods.sort(key=lambda m: m.name != BASELINE)
+    if not any(m.name == REFERENCE_METHOD for m in methods):
+        methods.insert(0, Ref(name=REFERENCE_METHOD))
+    methods.sort(key=lambda m: m.name != REFERENCE_METHOD)
     cells = []
     for dataset, pair_ref, method, seed in product(suite.datasets, suite.pairs, methods, suite.seeds):
         pair = host.pairs.get(pair_ref.name)

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from kdbench.core.errors import ConfigError
 
 
 # --------------------------------------------------------------------------- methods
@@ -134,7 +134,7 @@ class Deployment:
 class StageContext:
     """What the host hands a :class:`Compressor` stage of a pipeline.
 
-    ``data``, ``recipe`` (the cell's ``kdbench.config.Recipe``), the training
+    ``data``, ``recipe`` (the cell's ``kdbench.core.config.Recipe``), the training
     ``device``, the pair's trained ``teacher`` (frozen; None if the pair has
     none), the cell's ``seed``, and the student's timm ``arch`` and creation
     ``arch_kwargs`` (with ``num_classes``/``in_chans``), to rebuild it.
@@ -153,7 +153,7 @@ class StageContext:
     stage: int
     name: str
     metrics: dict[str, float] = field(default_factory=dict)
-    # Supplied by the host (kdbench.pipeline); call the methods below instead.
+    # Supplied by the host (kdbench.running.pipeline); call the methods below instead.
     _finetune: Callable[..., Any] | None = None
     _distiller: Callable[[str, dict[str, Any]], Distiller] | None = None
     _evaluate: Callable[[nn.Module], Any] | None = None
@@ -377,8 +377,8 @@ class Hardware:
 class Executor:
     """Runs cells: ``run(jobs, run_one)`` calls ``run_one(job)`` for every job.
 
-    ``jobs`` are picklable ``kdbench.cell.CellJob`` objects and ``run_one`` is
-    the module-level ``kdbench.cell.run_job``, so an executor may call it in
+    ``jobs`` are picklable ``kdbench.running.cell.CellJob`` objects and ``run_one`` is
+    the module-level ``kdbench.running.cell.run_job``, so an executor may call it in
     other processes or on other machines. ``run_one`` returns the job's result
     and never raises for a failing cell; an executor returns results in job
     order. Executors own scheduling only; tracking and failure handling are the

@@ -15,13 +15,16 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, computed_field, Field, ValidationError, field_validator, model_validator
 
-from .errors import ConfigError
+from kdbench.core.errors import ConfigError
 
 _REF_RE = re.compile(r"^\s*([A-Za-z0-9_.\-/]+)\s*(?:\((.*)\))?\s*$", re.S)
 
 
-def _split_top_level(text: str) -> list[str]:
-    """Split ``a=1,b=[1,2]`` on commas that are not inside brackets or quotes."""
+def split_top_level(text: str, sep: str = ",") -> list[str]:
+    """Split on ``sep`` where it is not inside brackets or quotes (``a=1,b=[1,2]``, ``kd>prune(r=0.5)``).
+
+    With ``sep=","`` a blank last part is dropped (``a=1,``); pipeline stages keep every part.
+    """
     parts, depth, quote, current = [], 0, None, ""
     for ch in text:
         if quote:
@@ -32,14 +35,17 @@ def _split_top_level(text: str) -> list[str]:
             depth += 1
         elif ch in ")]}":
             depth -= 1
-        elif ch == "," and depth == 0:
+        elif ch == sep and depth == 0:
             parts.append(current)
             current = ""
             continue
         current += ch
-    if current.strip():
+    if sep != "," or current.strip():
         parts.append(current)
     return parts
+
+
+REFERENCE_METHOD = "baseline"  # the student trained alone: added to every suite, every row is compared with it
 
 
 class Ref(BaseModel):
@@ -69,27 +75,6 @@ class Ref(BaseModel):
 PIPE = ">"
 
 
-def _split_pipeline(text: str) -> list[str]:
-    """``kd>prune(ratio=0.5)>quant`` → its stages (``>`` inside brackets or quotes does not split)."""
-    parts, depth, quote, current = [], 0, None, ""
-    for ch in text:
-        if quote:
-            quote = None if ch == quote else quote
-        elif ch in "'\"":
-            quote = ch
-        elif ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-        elif ch == PIPE and depth == 0:
-            parts.append(current)
-            current = ""
-            continue
-        current += ch
-    parts.append(current)
-    return parts
-
-
 class Pipeline(BaseModel):
     """Methods chained in one cell, written ``kd>prune(ratio=0.5)>quant``; each stage gets the previous model.
 
@@ -105,7 +90,7 @@ class Pipeline(BaseModel):
     @classmethod
     def _parse(cls, value: Any) -> Any:
         if isinstance(value, str):
-            return {"stages": [s for s in _split_pipeline(value)]}
+            return {"stages": split_top_level(value, PIPE)}
         if isinstance(value, (list, tuple)):
             return {"stages": list(value)}
         if isinstance(value, dict) and "name" in value and "stages" in value:  # canonical JSON form
@@ -127,7 +112,7 @@ def parse_method(value: Any) -> Any:
     if isinstance(value, (Ref, Pipeline)):
         return value
     if isinstance(value, str):
-        if len(_split_pipeline(value)) > 1:
+        if len(split_top_level(value, PIPE)) > 1:
             return Pipeline.model_validate(value)
         return Ref.model_validate(value)
     if isinstance(value, (list, tuple)) or (isinstance(value, dict) and "stages" in value):
@@ -149,7 +134,7 @@ def parse_ref(text: str) -> dict[str, Any]:
         raise ValueError(f"{text!r} is not NAME or NAME(key=value,...)")
     name, body = m.group(1), m.group(2)
     options: dict[str, Any] = {}
-    for part in _split_top_level(body or ""):
+    for part in split_top_level(body or ""):
         if "=" not in part:
             raise ValueError(f"option {part.strip()!r} in {text!r} is not key=value")
         key, raw = part.split("=", 1)
@@ -200,7 +185,7 @@ class TeacherSpec(BaseModel):
 
 
 class MeasureSpec(BaseModel):
-    """How a model is measured on each hardware target (see ``kdbench.measure``).
+    """How a model is measured on each hardware target (see ``kdbench.measurement.measure``).
 
     Latency: ``warmup`` calls, then single calls timed one by one until both
     ``min_run_time`` seconds and ``min_calls`` calls are reached (or
@@ -311,7 +296,7 @@ class CellSpec(BaseModel):
         return f"{self.method}/{self.pair}/{self.dataset}/seed{self.seed}"
 
 
-def format_validation_error(err: ValidationError, where: str, data: Any = None) -> str:
+def format_validation_error(err: ValidationError, where: str) -> str:
     """One line: where, the field path, the bad value and what is valid."""
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-after"))
@@ -329,7 +314,7 @@ def validate_suite(data: Any, where: str) -> Suite:
     try:
         return Suite.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, where, data)) from None
+        raise ConfigError(format_validation_error(err, where)) from None
 
 
 def read_yaml(path: Path) -> Any:

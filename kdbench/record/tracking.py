@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import KdbenchError
+from kdbench.core.errors import KdbenchError
 
 TAG = "kdbench."  # prefix of every tag kdbench sets
 ROLE_INVOCATION, ROLE_CELL, ROLE_TEACHER = "invocation", "cell", "teacher"
@@ -424,7 +424,7 @@ def environment_tags(plugin_versions: Mapping[str, str]) -> dict[str, str]:
     import timm
     import torch
 
-    from . import __version__
+    from kdbench import __version__
 
     tags = {
         TAG + "version": __version__,

@@ -29,13 +29,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .api import Batch, DataBundle, Distiller
-from .config import CellSpec, canonical_hash
-from .engine.evaluate import evaluate
-from .engine.loop import EpochResult, train
-from .engine.models import create_model
-from .engine.seeding import seed_everything
-from .errors import ConfigError, KdbenchError
+from kdbench.core.api import Batch, DataBundle, Distiller
+from kdbench.core.config import CellSpec, canonical_hash
+from kdbench.engine.evaluate import evaluate
+from kdbench.engine.loop import EpochResult, train
+from kdbench.engine.objectives import CrossEntropy
+from kdbench.engine.models import create_model
+from kdbench.engine.seeding import seed_everything
+from kdbench.core.errors import ConfigError, KdbenchError
 
 CACHE_FORMAT = 1
 
@@ -45,19 +46,6 @@ def cache_dir() -> Path:
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "kdbench"
     )
     return Path(root) / "teachers"
-
-
-class _CrossEntropy(Distiller):
-    """How the host trains a teacher: plain cross-entropy."""
-
-    needs_teacher = False
-
-    def __init__(self, label_smoothing: float = 0.0):
-        super().__init__()
-        self.label_smoothing = label_smoothing
-
-    def loss_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
-        return {"ce": F.cross_entropy(batch.student.logits, batch.targets, label_smoothing=self.label_smoothing)}
 
 
 @dataclass
@@ -274,7 +262,7 @@ def _train_and_cache(cell, data, device, key, weights: Path, meta_path: Path, on
     recipe = cell.teacher.recipe or cell.recipe
     gen = seed_everything(cell.teacher.seed)
     model = _pretrained(cell, data) if cell.teacher.pretrained else _build(cell, data)
-    result = train(model, _CrossEntropy(recipe.label_smoothing), None, data, recipe, device, gen, on_step=on_step, on_epoch=on_epoch)
+    result = train(model, CrossEntropy(recipe.label_smoothing), None, data, recipe, device, gen, on_step=on_step, on_epoch=on_epoch)
     model.to("cpu")
     top1, top5 = result.last.test_top1, result.last.test_top5
 

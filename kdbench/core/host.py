@@ -26,11 +26,11 @@ from typing import Any
 
 import pluggy
 
-from . import hookspecs
-from .api import Dataset, Executor, Hardware, Method, ModelPair
-from .config import Suite, load_suite_file
-from .errors import KdbenchError
-from .registry import Registry, did_you_mean
+from kdbench.core import hookspecs
+from kdbench.core.api import Dataset, Executor, Hardware, Method, ModelPair
+from kdbench.core.config import Suite, load_suite_file
+from kdbench.core.errors import KdbenchError
+from kdbench.core.registry import Registry, did_you_mean
 
 REGISTRATION_HOOKS = (
     ("register_methods", "methods"),

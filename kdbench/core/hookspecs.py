@@ -18,8 +18,8 @@ if TYPE_CHECKING:  # imports for the annotations only; keeps start-up light
     import click
     import torch
 
-    from .api import Dataset, Executor, Hardware, Method, ModelPair
-    from .config import CellSpec
+    from kdbench.core.api import Dataset, Executor, Hardware, Method, ModelPair
+    from kdbench.core.config import CellSpec
 
 hookspec = pluggy.HookspecMarker("kdbench")
 #: Decorator for plugin functions that implement a hook: ``@kdbench.hookimpl``.

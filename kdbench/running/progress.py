@@ -8,7 +8,7 @@ from collections.abc import Callable
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .engine.loop import EpochResult
+from kdbench.engine.loop import EpochResult
 
 console = Console(stderr=True, highlight=False)
 

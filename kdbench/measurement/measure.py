@@ -52,8 +52,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .api import Hardware
-from .config import MeasureSpec
+from kdbench.core.api import Hardware
+from kdbench.core.config import MeasureSpec
 
 MACS_COUNTER = "torch.utils.flop_counter"
 PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int4")
@@ -121,7 +121,7 @@ def metric_suffix(hardware: Hardware, precision: str | None = None) -> str:
 
 def default_threads() -> int:
     """Threads for a target with ``threads=None``: the physical cores this process may use."""
-    from .environment import cpu_info
+    from kdbench.measurement.environment import cpu_info
 
     info = cpu_info()
     usable = info["cpu_affinity"] or os.cpu_count() or 1
@@ -532,7 +532,7 @@ def measure_on_targets(
         metrics.update(r.metrics)
     tags: dict[str, Any] = result_tags(results)
     if with_environment:
-        from .environment import environment_tags
+        from kdbench.measurement.environment import environment_tags
 
         tags.update(environment_tags())
     return metrics, tags

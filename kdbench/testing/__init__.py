@@ -14,9 +14,9 @@ available to every test without an import:
 ``kdbench_host``
     A factory for an isolated plugin host: ``kdbench_host((name, module))``
     loads only the plugins you give plus kdbench's first-party ones, and makes
-    it the host that ``kdbench.runner``/the CLI use for the rest of the test.
+    it the host that ``kdbench.running.runner``/the CLI use for the rest of the test.
 ``kdbench_suite``
-    A tiny :class:`~kdbench.config.Suite` (one epoch on 64 glyphs, the
+    A tiny :class:`~kdbench.core.config.Suite` (one epoch on 64 glyphs, the
     ``tiny`` pair, quick measurement on ``cpu``) to run with
     :func:`run_tiny_suite`.
 
@@ -28,7 +28,7 @@ returns a report of what it measured:
   gradients reach the student and the method's extra modules and never the
   teacher (nor does the method register, retrain or switch the teacher to
   training mode); two runs with the same seed agree; and (``end_to_end``) one
-  short cell runs through ``kdbench.runner`` into a real MLflow store and
+  short cell runs through ``kdbench.running.runner`` into a real MLflow store and
   shows up as a leaderboard row.
 - :func:`check_dataset`: both splits build, items are ``(image, label,
   index)`` with the declared shape, labels in ``0..num_classes-1``, indices
@@ -62,11 +62,11 @@ from typing import Any
 import pytest
 import torch
 
-from .api import Batch, DataBundle, Dataset, Distiller, Executor, Hardware, Method, ModelPair, PairInfo
-from .config import MeasureSpec, Recipe, Ref, Suite
-from .errors import KdbenchError
-from .hookspecs import hookimpl
-from .plugins import PluginHost, PluginInfo
+from kdbench.core.api import Batch, DataBundle, Dataset, Distiller, Executor, Hardware, Method, ModelPair, PairInfo
+from kdbench.core.config import MeasureSpec, Recipe, Ref, Suite
+from kdbench.core.errors import KdbenchError
+from kdbench.core.hookspecs import hookimpl
+from kdbench.core.host import PluginHost, PluginInfo
 
 __all__ = [
     "TINY_DATASET", "ContractError", "DatasetReport", "ExecutorReport", "HardwareReport", "MethodReport",
@@ -193,7 +193,7 @@ def make_host(
 @contextlib.contextmanager
 def use_host(host: PluginHost) -> Iterator[PluginHost]:
     """Make ``host`` the process-wide host (what the CLI, the runner and executors use) for a while."""
-    from . import plugins as _plugins
+    from kdbench.core import host as _plugins
 
     previous = (_plugins._HOST, _plugins._HOST_DIR)
     _plugins._HOST, _plugins._HOST_DIR = host, None
@@ -316,7 +316,7 @@ def _fresh_store(uri: str) -> None:
 
 
 def _clear_process_caches() -> None:
-    from . import cell
+    from kdbench.running import cell
 
     cell._DATA.clear()
 
@@ -343,7 +343,7 @@ def kdbench_tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str
 @pytest.fixture
 def kdbench_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kdbench_tracking_uri: str) -> Path:
     """Isolated cwd, MLflow store, teacher cache and plugin selection under ``tmp_path``; yields ``tmp_path``."""
-    from .plugins import reset_host
+    from kdbench.core.host import reset_host
 
     monkeypatch.chdir(tmp_path)
     for var in ("KDBENCH_PLUGINS_DIR", "KDBENCH_LOAD_PLUGINS", "KDBENCH_DISABLED_PLUGINS"):
@@ -362,7 +362,7 @@ def kdbench_host():
     Builds an isolated host with :func:`make_host` and makes it the
     process-wide host (used by the CLI and the runner) until the test ends.
     """
-    from . import plugins as _plugins
+    from kdbench.core import host as _plugins
 
     previous = (_plugins._HOST, _plugins._HOST_DIR)
 
@@ -411,7 +411,7 @@ class SuiteResult:
     """What :func:`run_tiny_suite` ran: per-cell results, where they were logged, the leaderboard."""
 
     suite: Suite
-    results: list[Any]  # kdbench.cell.CellResult, in cell order
+    results: list[Any]  # kdbench.running.cell.CellResult, in cell order
     tracking_uri: str
     experiment_id: str | None
     leaderboard: Any  # pandas.DataFrame, built from MLflow after the run
@@ -434,7 +434,7 @@ def run_tiny_suite(
     check: bool = True,
     **suite_options: Any,
 ) -> SuiteResult:
-    """Run a (tiny) suite through ``kdbench.runner`` with a real MLflow store, as ``kdbench run`` does.
+    """Run a (tiny) suite through ``kdbench.running.runner`` with a real MLflow store, as ``kdbench run`` does.
 
     ``suite`` defaults to ``tiny_suite(**suite_options)``. The host defaults to
     the process-wide one; it is made the process-wide host during the run (so
@@ -444,10 +444,10 @@ def run_tiny_suite(
     store, else a throwaway store. With ``check``, a cell that is not
     FINISHED raises :class:`ContractError` with its error and traceback.
     """
-    from . import leaderboards
-    from . import tracking as tr
-    from .plugins import get_host
-    from .runner import expand, preflight, run_suite
+    from kdbench.results import leaderboards
+    from kdbench.record import tracking as tr
+    from kdbench.core.host import get_host
+    from kdbench.running.runner import expand, preflight, run_suite
 
     suite = suite or tiny_suite(**suite_options)
     host = host or get_host()
@@ -478,7 +478,7 @@ def run_tiny_suite(
 
 def _experiment_beside_store(uri: str, name: str) -> None:
     """Create the suite's experiment with its artifacts next to a SQLite store (not in ./mlruns of the cwd)."""
-    from . import tracking as tr
+    from kdbench.record import tracking as tr
 
     if not uri.startswith("sqlite:///"):
         return
@@ -541,7 +541,7 @@ class MethodReport:
     extra_params: int  # parameters of the method's extra modules (as logged)
     extra_trainable: list[str]  # names of the extra trainable parameters, all of which got gradients
     student_params_without_grad: list[str]  # (none allowed unless allow_unused_student_params)
-    cell: Any = None  # kdbench.cell.CellResult of the end-to-end cell
+    cell: Any = None  # kdbench.running.cell.CellResult of the end-to-end cell
     suite_result: SuiteResult | None = None
 
 
@@ -554,8 +554,8 @@ def _probe_setup(distiller: Distiller, student: torch.nn.Module, teacher: torch.
     """What the training loop does before the first step: a probe pass, then ``setup``."""
     from torch.utils.data import DataLoader
 
-    from .engine.loop import _train_targets
-    from .engine.models import forward_with_taps
+    from kdbench.engine.loop import _train_targets
+    from kdbench.engine.models import forward_with_taps
 
     probe = next(iter(DataLoader(data.train, batch_size=2)))[0]
     with torch.no_grad():
@@ -577,8 +577,8 @@ def _probe_setup(distiller: Distiller, student: torch.nn.Module, teacher: torch.
 def _method_run(method: Method, options: dict[str, Any], pair: ModelPair, teacher: torch.nn.Module,
                 data: DataBundle, seed: int, steps: int, epoch: int, checks: dict[str, Any] | None) -> dict[str, Any]:
     """A few training steps the way the host runs them; with ``checks``, enforce the contract on the way."""
-    from .engine.models import count_params, create_model, forward_with_taps
-    from .engine.seeding import seed_everything
+    from kdbench.engine.models import count_params, create_model, forward_with_taps
+    from kdbench.engine.seeding import seed_everything
 
     name = method.name
     distiller = method.build(options)
@@ -746,7 +746,7 @@ def check_method(
       teacher to training mode, nor changes its weights;
     - two runs with ``seed`` give the same losses and weights;
     - with ``end_to_end``, one short cell of the method runs through
-      :func:`run_tiny_suite` (``kdbench.runner``, a real MLflow store), ends
+      :func:`run_tiny_suite` (``kdbench.running.runner``, a real MLflow store), ends
       FINISHED, logs ``extra_params`` and appears in the leaderboard.
 
     ``method``: a registered name (looked up in ``host``; default: every
@@ -765,8 +765,8 @@ def check_method(
         pair_item = host.pairs.get(pair)
     else:
         pair_item = pair
-    from .engine.models import create_model
-    from .engine.seeding import seed_everything
+    from kdbench.engine.models import create_model
+    from kdbench.engine.seeding import seed_everything
 
     data = tiny_data()
     seed_everything(seed + 1000)
@@ -930,7 +930,7 @@ def check_dataset(
     ``DataError`` for a missing directory. ``end_to_end``: also train a
     baseline cell on it with :func:`run_tiny_suite`.
     """
-    from .errors import DataError
+    from kdbench.core.errors import DataError
 
     dataset, host = _resolve(host, "dataset", dataset, Dataset)
     name, options = dataset.name, dict(options or {})
@@ -1011,8 +1011,8 @@ def check_pair(
     """
     import timm
 
-    from .engine.models import count_params, create_model, forward_with_taps
-    from .registry import did_you_mean
+    from kdbench.engine.models import count_params, create_model, forward_with_taps
+    from kdbench.core.registry import did_you_mean
 
     pair, host = _resolve(host, "pair", pair, ModelPair)
     for role, arch in (("teacher", pair.teacher), ("student", pair.student)):
@@ -1093,8 +1093,8 @@ def check_hardware(
     ``end_to_end``: also a baseline cell measured on it, whose run must log
     its latency or say why it was skipped.
     """
-    from . import measure
-    from .engine.models import create_model
+    from kdbench.measurement import measure
+    from kdbench.engine.models import create_model
 
     hardware, host = _resolve(host, "hardware", hardware, Hardware)
     name = hardware.name
@@ -1142,7 +1142,7 @@ def check_hardware(
 
 
 def echo_job(job: Any) -> tuple[str, Any, int]:
-    """A picklable stand-in for ``kdbench.cell.run_job``: returns the job with the worker's pid."""
+    """A picklable stand-in for ``kdbench.running.cell.run_job``: returns the job with the worker's pid."""
     return ("done", job, os.getpid())
 
 

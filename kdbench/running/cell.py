@@ -17,16 +17,16 @@ from typing import Any
 
 import torch
 
-from . import tracking as tr
-from .api import DataBundle
-from .config import CellSpec, canonical_hash, method_stages
-from .engine.loop import EpochResult
-from .engine.models import count_params
-from .measure import MACS_COUNTER, measure_on_targets, static_metrics
-from .pipeline import MethodResult, deploy_targets, reuse_from_mlflow, run_method, save_to_tmp
-from .plugins import PluginHost
-from .progress import TrainingProgress
-from .teachers import get_teacher, teacher_key
+from kdbench.record import tracking as tr
+from kdbench.core.api import DataBundle
+from kdbench.core.config import CellSpec, canonical_hash, method_stages
+from kdbench.engine.loop import EpochResult
+from kdbench.engine.models import count_params
+from kdbench.measurement.measure import MACS_COUNTER, measure_on_targets, static_metrics
+from kdbench.running.pipeline import MethodResult, stage_plan, deploy_targets, reuse_from_mlflow, run_method, save_to_tmp
+from kdbench.core.host import PluginHost
+from kdbench.running.progress import TrainingProgress
+from kdbench.running.teachers import get_teacher, teacher_key
 
 
 @dataclass
@@ -102,7 +102,7 @@ def run_job(job: CellJob) -> CellResult:
     to other processes or machines; the host is rebuilt there from the same
     entry points and ``plugins_dir``.
     """
-    from .plugins import get_host
+    from kdbench.core.host import get_host
 
     return run_cell(job, get_host(job.plugins_dir))
 
@@ -126,7 +126,7 @@ def prepare_teacher(job: CellJob) -> str:
     for a failure (the cells that need the teacher then report it), except
     KeyboardInterrupt.
     """
-    from .plugins import get_host
+    from kdbench.core.host import get_host
 
     host = get_host(job.plugins_dir)
     try:
@@ -163,7 +163,7 @@ def run_cell(job: CellJob, host: PluginHost) -> CellResult:
         })
         tr.set_tags(c, run_id, {tr.TAG + "teacher_source": teacher.source})
 
-        # one distiller trains a fresh student; a pipeline (kd>prune>quant) runs its stages (kdbench.pipeline)
+        # one distiller trains a fresh student; a pipeline (kd>prune>quant) runs its stages (kdbench.running.pipeline)
         outcome = run_method(
             cell, host, data, teacher, device,
             lambda r, prefix, offset: tr.log_metrics(c, run_id, _epoch_metrics(r, prefix), step=offset + r.epoch),
@@ -255,18 +255,19 @@ def _log_model(c, run_id: str, model: torch.nn.Module, outcome: MethodResult | N
 
 
 def method_option_params(host: PluginHost, cell: CellSpec) -> dict[str, Any]:
-    """``method.option.<k>`` for one method; ``stage<N>.<name>.option.<k>`` for each stage of a pipeline
-    (numbered as its metrics are: a pipeline that starts by compressing has the implied baseline as stage 1)."""
-    stages = method_stages(cell.method)
-    if len(stages) == 1:
-        options = host.methods.get(stages[0].name).resolve_options(stages[0].options)
+    """``method.option.<k>`` for a method named alone; ``stage<N>.<name>.option.<k>`` for each stage of a
+    pipeline, numbered as its metrics are (``pipeline.stage_plan``: an implied baseline is stage 1)."""
+    named = method_stages(cell.method)
+    if len(named) == 1:
+        options = host.methods.get(named[0].name).resolve_options(named[0].options)
         return {f"method.option.{k}": v for k, v in options.items()}
-    out: dict[str, Any] = {}
-    implied = host.methods.get(stages[0].name).kind != "distiller"  # stage 1 is then the implied baseline
-    for i, ref in enumerate(stages, start=2 if implied else 1):
-        for k, v in host.methods.get(ref.name).resolve_options(ref.options).items():
-            out[f"stage{i}.{ref.name}.option.{k}"] = v
-    return out
+    plan = stage_plan(host, cell.method)
+    implied = len(plan) - len(named)  # the implied baseline logs no options
+    return {
+        f"stage{i}.{ref.name}.option.{k}": v
+        for i, ref in enumerate(plan[implied:], start=1 + implied)
+        for k, v in host.methods.get(ref.name).resolve_options(ref.options).items()
+    }
 
 
 def _fail(c, run_id: str, status: str, message: str, details: str, error_type: str = "") -> None:

@@ -21,8 +21,8 @@ from typing import Any
 
 import pandas as pd
 
-from . import tracking as tr
-from .leaderboards import (
+from kdbench.record import tracking as tr
+from kdbench.results.leaderboards import (
     LATENCY, aggregate, display_frame, experiment_ids, fetch_runs, latest_finished, pm, runs_frame, targets_in,
     to_markdown,
 )
@@ -228,7 +228,7 @@ def write_report(suite: str, out: Path, *, tracking_uri: str | None = None, publ
     c = tr.client(tracking_uri)
     frame = runs_frame(fetch_runs(suite, tracking_uri))
     if frame.empty:
-        from .errors import KdbenchError
+        from kdbench.core.errors import KdbenchError
 
         raise KdbenchError(f"no kdbench runs found for suite {suite!r}; run `kdbench run {suite}` first")
     board = aggregate(frame, published)

@@ -1,0 +1,1 @@
+"""The contract between host and plugins: API types, hook specs, suite/cell config, registries, the plugin host."""

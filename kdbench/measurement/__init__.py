@@ -1,0 +1,1 @@
+"""Measuring models on hardware targets, and the environment they ran in."""

@@ -1,0 +1,1 @@
+"""The record of what ran: MLflow schema, writing and reading runs."""

@@ -1,0 +1,1 @@
+"""Running a suite: runner, cells, method stages, teachers, progress."""
