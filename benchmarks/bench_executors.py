@@ -104,7 +104,7 @@ def timed(host, suite_path: str, executor: str, plugins_dir: str) -> tuple[float
 
     suite, cells = prepare(host, suite_path, Overrides(executor=executor))
     start = time.perf_counter()
-    result = run_suite(host, suite, cells, force=True, plugins_dir=plugins_dir, command=["bench_executors"])
+    result = run_suite(host, suite, cells, force=True, command=["bench_executors"])
     wall = time.perf_counter() - start
     bad = [r for r in result.results if r.status != "FINISHED"]
     if bad:

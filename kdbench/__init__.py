@@ -7,8 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from kdbench.core.api import (
-    Batch, Compressor, DataBundle, Dataset, Deployment, Distiller, Executor, Hardware, Method, ModelPair, Outputs,
-    PairInfo, StageContext,
+    Batch, CellResult, Compressor, DataBundle, Dataset, Deployment, Distiller, Executor, Hardware, Job, Method,
+    ModelPair, Outputs, PairInfo, StageContext,
 )
 from kdbench.core.errors import ConfigError, DataError, KdbenchError, NotApplicableError, UnknownNameError
 from kdbench.core.hookspecs import hookimpl
@@ -23,9 +23,23 @@ def leaderboard(*args: Any, **kwargs: Any):
     return build(*args, **kwargs)
 
 
+def run_job(job: Job) -> CellResult:
+    """Run one job's cell here and record it (what an executor's ``run_one`` is); see ``kdbench.running.cell``."""
+    from kdbench.running.cell import run_job as run
+
+    return run(job)
+
+
+def prepare_teacher(job: Job) -> str:
+    """Train (or find in the cache) the teacher of ``job`` once, before the cells that share it run side by side."""
+    from kdbench.running.cell import prepare_teacher as prepare
+
+    return prepare(job)
+
+
 __all__ = [
-    "Batch", "Compressor", "ConfigError", "DataBundle", "DataError", "Dataset", "Deployment", "Distiller",
-    "Executor", "Hardware", "KdbenchError", "Method", "ModelPair", "NotApplicableError", "Outputs", "PairInfo",
+    "Batch", "CellResult", "Compressor", "ConfigError", "DataBundle", "DataError", "Dataset", "Deployment", "Distiller",
+    "Executor", "Hardware", "Job", "KdbenchError", "Method", "ModelPair", "NotApplicableError", "Outputs", "PairInfo",
     "StageContext", "UnknownNameError",
-    "__version__", "hookimpl", "leaderboard",
+    "__version__", "hookimpl", "leaderboard", "prepare_teacher", "run_job",
 ]

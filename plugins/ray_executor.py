@@ -107,63 +107,44 @@ def preflight(suite, tracking_uri: str, n_cells: int) -> None:
               "node mounts, or each node trains its own teachers", file=sys.stderr, flush=True)
 
 
-def _forwarded_env() -> dict[str, str]:
-    from kdbench.running.teachers import cache_dir
-
-    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
-    env["KDBENCH_CACHE_DIR"] = str(cache_dir().parent.resolve())  # absolute: workers start elsewhere
-    return env
-
-
-_APPLIED: dict[str, str] | None = None
-
-
 def _apply_env(env: dict[str, str], cwd: str) -> None:
-    """In the worker: the driver's KDBENCH_/MLFLOW_ environment and working directory."""
-    global _APPLIED
+    """In the worker: the driver's KDBENCH_/MLFLOW_ environment (``Job.env``) and working directory."""
     for key in [k for k in os.environ if k.startswith(FORWARDED_ENV) and k not in env]:
         del os.environ[key]
     os.environ.update(env)
     if os.path.isdir(cwd):
         os.chdir(cwd)
-    if env != _APPLIED:  # plugin selection may differ from this worker's last task
-        from kdbench.core.host import reset_host
-
-        reset_host()
-        _APPLIED = dict(env)
 
 
-def _task(fn, job, env: dict[str, str], cwd: str, *after: Any):
+def _task(fn, job, cwd: str, *after: Any):
     """A Ray task: run ``fn(job)`` (``run_job`` or ``prepare_teacher``) once ``after`` (teacher tasks) are done."""
-    _apply_env(env, cwd)
+    _apply_env(getattr(job, "env", {}), cwd)
     return fn(job)
 
 
 def run_ray(jobs, run_one):
-    from kdbench.running.cell import CellResult, prepare_teacher, teacher_cache_key
-
     if not jobs:
         return []
     ray = connect()
     remote = ray.remote(max_retries=0)(_task)
-    env, cwd = _forwarded_env(), os.getcwd()
+    cwd = os.getcwd()
 
-    def key_of(job) -> str | None:  # jobs are CellJobs; anything else (a contract check's jobs) has no teacher
-        return teacher_cache_key(job.cell) if hasattr(job, "cell") else None
+    def key_of(job) -> str | None:  # a contract check's stand-in jobs have no teacher
+        return getattr(job, "teacher_key", None)
 
     teachers: dict[str, Any] = {}  # teacher key → the task that trains it
     for job in jobs:
         key = key_of(job)
         if key is not None and key not in teachers:
             teachers[key] = remote.options(**_options(job.resources), name=f"kdbench teacher {key[:12]}").remote(
-                prepare_teacher, job, env, cwd)
+                kdbench.prepare_teacher, job, cwd)
     refs = []
     for job in jobs:
         key = key_of(job)
         after = [teachers[key]] if key is not None else []
         label = job.cell.label if hasattr(job, "cell") else str(job)[:60]
         refs.append(remote.options(**_options(getattr(job, "resources", None)), name=f"kdbench {label}").remote(
-            run_one, job, env, cwd, *after))
+            run_one, job, cwd, *after))
 
     results = []
     try:
@@ -173,10 +154,10 @@ def run_ray(jobs, run_one):
             except ray.exceptions.TaskCancelledError:
                 raise KeyboardInterrupt from None
             except ray.exceptions.RayError as exc:  # the worker died (OOM kill, lost node) or the task never ran
-                if not hasattr(job, "cell"):
+                if not isinstance(job, kdbench.Job):
                     raise
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                results.append(CellResult(job.cell, "FAILED", None, error=f"Ray task failed: {type(exc).__name__}: {first}"))
+                results.append(job.failed(f"Ray task failed: {type(exc).__name__}: {first}"))
     except KeyboardInterrupt:
         pending = refs + list(teachers.values())
         for ref in pending:  # a running task gets KeyboardInterrupt: its run is marked KILLED
@@ -189,9 +170,21 @@ def run_ray(jobs, run_one):
     return results
 
 
+def _set_address(ctx, param, value) -> None:
+    if value:
+        os.environ["RAY_ADDRESS"] = value
+
+
+def _cli_options() -> tuple:
+    import click
+
+    return (click.Option(["--ray-address"], expose_value=False, callback=_set_address,
+                         help="Ray cluster for --executor ray: an address or `auto` (sets RAY_ADDRESS)."),)
+
+
 @kdbench.hookimpl
 def register_executors(register):
     register(kdbench.Executor(
         "ray", run_ray, summary="each cell a Ray task with the suite's resources (needs the ray extra)",
-        preflight=preflight,
+        preflight=preflight, cli_options=_cli_options(),
     ))

@@ -23,8 +23,24 @@ class KdbenchGroup(click.Group):
         host = get_host(ctx.params.get("plugins_dir"))
         host.call("register_commands", cli=self)
 
+    def _add_executor_options(self, ctx: click.Context, cmd: click.Command) -> None:
+        """``kdbench run`` gets the options executors contribute (``Executor.cli_options``)."""
+        if getattr(cmd, "_executor_options_added", False):
+            return
+        cmd._executor_options_added = True  # type: ignore[attr-defined]
+        from kdbench.core.host import get_host
+
+        have = {opt for p in cmd.params for opt in getattr(p, "opts", [])}
+        for executor in get_host(ctx.params.get("plugins_dir")).executors:
+            for option in executor.cli_options:
+                if not have & set(option.opts):
+                    cmd.params.append(option)
+                    have |= set(option.opts)
+
     def get_command(self, ctx: click.Context, name: str):
         cmd = super().get_command(ctx, name)
+        if cmd is not None and name == "run":
+            self._add_executor_options(ctx, cmd)
         if cmd is None and not ctx.resilient_parsing:
             self._add_plugin_commands(ctx)
             cmd = super().get_command(ctx, name)

@@ -57,7 +57,6 @@ def _checkpoints(values: tuple[str, ...], pairs: list[str]) -> dict[str, str]:
 @click.option("--lr", type=float, help="Base learning rate.")
 @click.option("--device", help="Training device: auto, cpu, cuda, cuda:N, mps.")
 @click.option("--executor", help="Executor that runs the cells (see `kdbench list executors`).")
-@click.option("--ray-address", help="Ray cluster for --executor ray: an address or `auto` (sets RAY_ADDRESS).")
 @click.option("--data-dir", type=click.Path(), help="Root directory for datasets that read files (CIFAR, ImageFolder).")
 @click.option("--teacher-checkpoint", multiple=True, help="Teacher weights: PATH (one pair) or PAIR=PATH.")
 @click.option("--teacher-pretrained", is_flag=True, default=None, help="Start teachers from timm pretrained weights.")
@@ -68,7 +67,7 @@ def _checkpoints(values: tuple[str, ...], pairs: list[str]) -> dict[str, str]:
 @click.pass_context
 def run_command(ctx: click.Context, suite: str, methods, pairs, datasets, seeds, hardware, epochs, batch_size, lr,
                 device, executor, data_dir, teacher_checkpoint, teacher_pretrained, tracking_uri, force, dry_run,
-                as_json, ray_address=None) -> None:
+                as_json) -> None:
     """Run SUITE (default: the `default` suite), a registered name or a YAML file."""
     from kdbench.record import tracking as tr
     from kdbench.running.runner import Overrides, describe_cells, prepare, run_suite
@@ -77,10 +76,6 @@ def run_command(ctx: click.Context, suite: str, methods, pairs, datasets, seeds,
         import mlflow
 
         mlflow.set_tracking_uri(tracking_uri)
-    if ray_address:
-        import os
-
-        os.environ["RAY_ADDRESS"] = ray_address
     host = host_from(ctx)
     for broken in host.broken:
         click.echo(f"warning: plugin {broken.name!r} failed to load: {broken.error}", err=True)
@@ -110,7 +105,7 @@ def run_command(ctx: click.Context, suite: str, methods, pairs, datasets, seeds,
     console = Console(stderr=True, highlight=False)
     console.print(f"kdbench: suite {spec.name} v{spec.version}, {len(cells)} cells, "
                   f"training on {cells[0].device}, tracking {tr.tracking_uri()}")
-    result = run_suite(host, spec, cells, force=force, plugins_dir=(ctx.obj or {}).get("plugins_dir"))
+    result = run_suite(host, spec, cells, force=force)
 
     table = Table(title=f"suite {spec.name}: {len(cells)} cells in {result.seconds:.0f}s")
     for col in ("cell", "spec hash", "status", "top-1 (last)", "time"):

@@ -27,6 +27,13 @@ class Outputs:
     # The pooled penultimate features (timm ``forward_head(..., pre_logits=True)``),
     # filled when the distiller sets ``needs_pre_logits``; None otherwise.
     pre_logits: torch.Tensor | None = None
+    # Filled when the distiller sets ``needs_head``: the unpooled map the head
+    # pools (timm ``forward_features``) and the model's classifier (timm
+    # ``get_classifier()``), to apply it elsewhere (class activation maps, a
+    # teacher's classifier on student features). Lent for this step only: never
+    # keep it; the teacher's head is frozen (gradients flow through it, not into it).
+    final_map: torch.Tensor | None = None
+    head: nn.Module | None = None
 
 
 @dataclass
@@ -38,8 +45,12 @@ class Batch:
     indices: torch.Tensor  # position of each sample in the training set
     student: Outputs
     teacher: Outputs | None  # None when the method does not need a teacher
-    epoch: int  # 0-based
-    step: int  # global optimisation step, 0-based
+    epoch: int  # 0-based (of the pre-training phase during ``pretrain_terms``)
+    step: int  # global optimisation step, 0-based (counted apart in the pre-training phase)
+    # Further augmented views of the same images (a dataset whose train split yields a list of
+    # views, e.g. ``augment=weak+strong``), each a Batch of its own with the models' outputs on it
+    # (no views of its own); filled only for a distiller that sets ``uses_views``.
+    views: list[Batch] = field(default_factory=list)
 
 
 @dataclass
@@ -53,6 +64,7 @@ class PairInfo:
     student_dim: int | None = None  # width of the student's pre-logits features (needs_pre_logits)
     teacher_dim: int | None = None  # width of the teacher's pre-logits features (needs_pre_logits)
     train_targets: torch.Tensor | None = None  # label of every training sample, when the dataset exposes them
+    num_views: int = 1  # augmented views per training image the dataset yields (``Batch.views`` holds the others)
 
 
 class Distiller(nn.Module):
@@ -67,17 +79,43 @@ class Distiller(nn.Module):
     - ``needs_pre_logits``: also hand over the pooled penultimate features
       (``Outputs.pre_logits``, what the classifier sees), for methods that
       distil the embedding (CRD, PKT, RKD);
+    - ``preact_features``: take the stage taps before the activation that ends
+      each stage (RepDistiller's/mdistiller's ``preact=True``, for OFD, AB,
+      ReviewKD's teacher); ``kdbench.engine.models.preact_unsupported(model)``
+      says why a model cannot (check it in ``check_pair``);
+    - ``needs_head``: also hand over each model's classifier and the map it
+      pools (``Outputs.head``, ``Outputs.final_map``);
     - extra trainable modules, created in ``setup`` as attributes of ``self``.
       They are optimised with the student, never deployed, and their parameter
-      count is reported as ``extra_params``.
+      count is reported as ``extra_params``;
+    - a pre-training phase (``pretrain_epochs`` > 0): before the main phase the
+      host minimises ``pretrain_terms`` for that many epochs, optimising the
+      distiller's own parameters (and the student's too with
+      ``pretrain_student``; otherwise the student runs in eval mode without
+      gradients) with the recipe's optimiser at a constant ``pretrain_lr``
+      (default: the recipe's lr), no evaluation; its epochs are logged apart
+      (``pretrain.*`` metrics). ``end_pretrain`` is called once before the
+      main phase, pre-training or not (e.g. to freeze what was pre-trained);
+    - ``uses_views``: when the training split yields several augmented views
+      of each image (a list ``[first, second, ...]``, e.g. a dataset's
+      ``augment=weak+strong``), run the student and the teacher on the others
+      too and hand them over as ``Batch.views``; the first view is always
+      ``Batch.images``/``student``/``teacher``, and the only one methods
+      without ``uses_views`` see. ``PairInfo.num_views`` says how many there are.
 
     The teacher is frozen, in eval mode, and runs without gradients.
     """
 
     needs_teacher: bool = True
     needs_pre_logits: bool = False
+    needs_head: bool = False
+    preact_features: bool = False
     student_stages: Sequence[int] = ()
     teacher_stages: Sequence[int] = ()
+    pretrain_epochs: int = 0
+    pretrain_student: bool = False
+    pretrain_lr: float | None = None
+    uses_views: bool = False
 
     def check_pair(self, student: nn.Module, teacher: nn.Module | None) -> None:
         """Raise ``NotApplicableError`` with the reason if this pair cannot be used."""
@@ -87,6 +125,13 @@ class Distiller(nn.Module):
 
     def loss_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def pretrain_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Loss terms of the pre-training phase (only called when ``pretrain_epochs`` > 0)."""
+        raise NotImplementedError(f"{type(self).__name__} sets pretrain_epochs but has no pretrain_terms")
+
+    def end_pretrain(self) -> None:
+        """Called once before the main phase (after pre-training, if any)."""
 
 
 # --------------------------------------------------------------------------- compression stages
@@ -200,7 +245,8 @@ class StageContext:
         for batch in loader:
             if len(out) >= n:
                 break
-            out.append((batch[0], batch[1]) if labels else batch[0])
+            images = batch[0][0] if isinstance(batch[0], (list, tuple)) else batch[0]  # first view of a multi-view split
+            out.append((images, batch[1]) if labels else images)
         return out
 
     def example_input(self, batch: int = 1) -> torch.Tensor:
@@ -262,6 +308,7 @@ class Method:
     summary: str = ""
     paper: str = ""
     kind: Literal["distiller", "pruner", "quantizer"] = "distiller"
+    family: str = ""  # distillers: logits | features | relations | contrastive (for `kdbench list methods --family`)
 
     def defaults(self) -> dict[str, Any]:
         sig = inspect.signature(self.factory)
@@ -310,6 +357,9 @@ class DataBundle:
 
     Both splits yield ``(image_tensor, label, index)``; ``train`` applies the
     dataset's standard augmentation and normalisation, ``test`` normalisation only.
+    A train split may yield a list of augmented views instead of one image
+    tensor (``([view0, view1, ...], label, index)``): the training loop trains
+    on the first and hands the others to distillers that set ``uses_views``.
     """
 
     train: torch.utils.data.Dataset
@@ -373,31 +423,74 @@ class Hardware:
 # --------------------------------------------------------------------------- executors
 
 
+@dataclass
+class Job:
+    """One cell to run, with everything a worker needs to run and record it (picklable).
+
+    ``host`` says how to rebuild the plugin host in another process
+    (``kdbench.core.host.HostRecipe``); in the process that made the job, the
+    runner's own host is used. ``teacher_key`` is the content key of the
+    teacher the harness trains for the cell (None: it comes from a
+    checkpoint): jobs with the same key share one teacher, so an executor that
+    runs cells side by side calls ``kdbench.prepare_teacher(job)`` once per key
+    first. ``env``: the ``KDBENCH_*``/``MLFLOW_*`` variables a worker on
+    another machine needs (teacher cache as an absolute path).
+    """
+
+    cell: Any  # kdbench.core.config.CellSpec
+    experiment_id: str
+    parent_run_id: str
+    tracking_uri: str
+    host: Any = None  # kdbench.core.host.HostRecipe
+    resources: Any = None  # the suite's ``Resources`` (what a cluster executor asks for per cell)
+    teacher_key: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    def failed(self, error: str) -> CellResult:
+        """The result of a job whose worker died before it could say (an executor reports it so)."""
+        return CellResult(self.cell, "FAILED", None, error=error)
+
+
+@dataclass
+class CellResult:
+    """What running a job gave: FINISHED, FAILED, or SKIPPED (already finished: resume)."""
+
+    cell: Any  # kdbench.core.config.CellSpec
+    status: str
+    run_id: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    seconds: float = 0.0
+
+
 @dataclass(frozen=True)
 class Executor:
-    """Runs cells: ``run(jobs, run_one)`` calls ``run_one(job)`` for every job.
+    """Runs cells: ``run(jobs, run_one)`` calls ``run_one(job)`` for every :class:`Job` and returns
+    the :class:`CellResult` of each, in job order.
 
-    ``jobs`` are picklable ``kdbench.running.cell.CellJob`` objects and ``run_one`` is
-    the module-level ``kdbench.running.cell.run_job``, so an executor may call it in
-    other processes or on other machines. ``run_one`` returns the job's result
-    and never raises for a failing cell; an executor returns results in job
-    order. Executors own scheduling only; tracking and failure handling are the
-    host's, inside ``run_one``.
+    ``run_one`` is the module-level ``kdbench.run_job``, picklable, so an
+    executor may call it in other processes or on other machines; it never
+    raises for a failing cell. Executors own scheduling only; tracking and
+    failure handling are the host's, inside ``run_one``.
 
     ``preflight(suite, tracking_uri, n_cells)``, when given, is called before
     anything is recorded in MLflow; it raises ``ConfigError`` with a one-line
     reason to refuse a set-up it cannot run (e.g. parallel workers writing to
-    one SQLite file).
+    one SQLite file). ``cli_options``: ``click.Option`` objects the executor
+    adds to ``kdbench run`` (e.g. the Ray executor's ``--ray-address``); their
+    callbacks apply them (the value is not passed to ``run``).
     """
 
     name: str
-    run: Callable[[list[Any], Callable[[Any], Any]], list[Any]]
+    run: Callable[[list[Job], Callable[[Job], CellResult]], list[CellResult]]
     summary: str = ""
     preflight: Callable[[Any, str, int], None] | None = None
+    cli_options: tuple[Any, ...] = ()
 
 
 __all__ = [
     "Batch",
+    "CellResult",
     "Compressor",
     "DataBundle",
     "Dataset",
@@ -405,6 +498,7 @@ __all__ = [
     "Distiller",
     "Executor",
     "Hardware",
+    "Job",
     "Method",
     "ModelPair",
     "Outputs",

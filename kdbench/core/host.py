@@ -12,13 +12,14 @@ the other plugins still load.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
 import importlib.util
 import os
 import sys
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -68,10 +69,40 @@ def _env_list(var: str) -> set[str] | None:
     return {p.strip() for p in raw.split(",") if p.strip()}
 
 
-class PluginHost:
-    """One plugin manager with its registries. Build one with :func:`load_host`."""
+FROM_ENVIRONMENT = object()  # load_host's default for what the caller does not give
 
-    def __init__(self) -> None:
+
+@dataclass(frozen=True)
+class HostRecipe:
+    """How to build a plugin host again, in another process or on another machine (picklable).
+
+    ``allow``/``block``: plugin names to load only / to skip (None: no
+    allow-list). ``extra_modules``: importable modules given as plugins
+    (``kdbench_host(("name", module))`` in tests), rebuilt by import.
+    """
+
+    plugins_dir: str | None = None
+    allow: frozenset[str] | None = None
+    block: frozenset[str] = frozenset()
+    extra_modules: tuple[tuple[str, str], ...] = ()  # (plugin name, module name)
+
+    @classmethod
+    def from_environment(cls, plugins_dir: str | Path | None = None) -> HostRecipe:
+        """The host a command builds: ``plugins_dir`` (or ``KDBENCH_PLUGINS_DIR``) and the
+        ``KDBENCH_LOAD_PLUGINS`` / ``KDBENCH_DISABLED_PLUGINS`` selection."""
+        directory = plugins_dir or os.environ.get("KDBENCH_PLUGINS_DIR")
+        allow = _env_list("KDBENCH_LOAD_PLUGINS")
+        return cls(str(directory) if directory else None, frozenset(allow) if allow is not None else None,
+                   frozenset(_env_list("KDBENCH_DISABLED_PLUGINS") or ()))
+
+
+class PluginHost:
+    """One plugin manager with its registries. Build one with :func:`load_host`.
+
+    ``allow``: load only plugins with these names (None: all); ``block``: never these.
+    """
+
+    def __init__(self, allow: Iterable[str] | None = None, block: Iterable[str] = ()) -> None:
         self.pm = pluggy.PluginManager("kdbench")
         self.pm.add_hookspecs(hookspecs)
         self.info: dict[str, PluginInfo] = {}
@@ -82,14 +113,15 @@ class PluginHost:
         self.hardware: Registry[Hardware] = Registry("hardware target", Hardware)
         self.suites: Registry[Suite] = Registry("suite", Suite)
         self.executors: Registry[Executor] = Registry("executor", Executor)
-        self._allow = _env_list("KDBENCH_LOAD_PLUGINS")
-        self._block = _env_list("KDBENCH_DISABLED_PLUGINS") or set()
+        self.allow: frozenset[str] | None = frozenset(allow) if allow is not None else None
+        self.block: frozenset[str] = frozenset(block)
+        self.recipe = HostRecipe(allow=self.allow, block=self.block)  # completed by load_host
 
     # ------------------------------------------------------------------ loading
     def wanted(self, name: str) -> bool:
-        if name in self._block:
+        if name in self.block:
             return False
-        return self._allow is None or name in self._allow
+        return self.allow is None or name in self.allow
 
     def add_plugin(self, plugin: Any, name: str, info: PluginInfo | None = None) -> bool:
         """Register one plugin object/module; False (and recorded) if it is invalid."""
@@ -116,8 +148,12 @@ class PluginHost:
         return True
 
     def load_entrypoints(self, group: str = "kdbench") -> None:
+        self.load_entrypoints_into(self, group)
+
+    def load_entrypoints_into(self, host: PluginHost, group: str = "kdbench") -> None:
+        """Load the entry points this host's allow/block lists select into ``host`` (maybe another one)."""
         for ep in sorted(importlib.metadata.entry_points(group=group), key=lambda e: e.name):
-            if not self.wanted(ep.name) or self.pm.has_plugin(ep.name):
+            if not self.wanted(ep.name) or host.pm.has_plugin(ep.name):
                 continue
             dist = getattr(ep, "dist", None)
             info = PluginInfo(
@@ -130,9 +166,9 @@ class PluginHost:
             try:
                 module = ep.load()
             except Exception as exc:
-                self.broken.append(BrokenPlugin(ep.name, "entry point", _one_line(exc), traceback.format_exc()))
+                host.broken.append(BrokenPlugin(ep.name, "entry point", _one_line(exc), traceback.format_exc()))
                 continue
-            self.add_plugin(module, ep.name, info)
+            host.add_plugin(module, ep.name, info)
 
     def load_directory(self, directory: str | Path) -> None:
         directory = Path(directory).expanduser()
@@ -214,35 +250,72 @@ def load_host(
     *,
     entrypoints: bool = True,
     extra_plugins: Iterable[tuple[str, Any]] = (),
+    allow: Iterable[str] | None | object = FROM_ENVIRONMENT,
+    block: Iterable[str] | object = FROM_ENVIRONMENT,
 ) -> PluginHost:
-    """Build a plugin host: entry points, then loose files, then ``extra_plugins``."""
-    host = PluginHost()
+    """Build a plugin host: entry points, then loose files of ``plugins_dir``, then ``extra_plugins``.
+
+    What is not given comes from the environment (:meth:`HostRecipe.from_environment`):
+    ``KDBENCH_PLUGINS_DIR``, ``KDBENCH_LOAD_PLUGINS``, ``KDBENCH_DISABLED_PLUGINS``.
+    """
+    env = HostRecipe.from_environment(plugins_dir)
+    plugins_dir = env.plugins_dir
+    host = PluginHost(env.allow if allow is FROM_ENVIRONMENT else allow,  # type: ignore[arg-type]
+                      env.block if block is FROM_ENVIRONMENT else block)  # type: ignore[arg-type]
     if entrypoints:
         host.load_entrypoints()
-    directory = plugins_dir or os.environ.get("KDBENCH_PLUGINS_DIR")
-    if directory:
-        host.load_directory(directory)
+    if plugins_dir:
+        host.load_directory(plugins_dir)
+    extras = []
     for name, plugin in extra_plugins:
         host.add_plugin(plugin, name)
+        if isinstance(plugin, ModuleType) and plugin.__name__ in sys.modules:
+            extras.append((name, plugin.__name__))
     host.collect()
+    host.recipe = HostRecipe(str(plugins_dir) if plugins_dir else None, host.allow, host.block, tuple(extras))
     return host
 
 
-_HOST: PluginHost | None = None
-_HOST_DIR: str | None = None
+def build_host(recipe: HostRecipe) -> PluginHost:
+    """A new host made from ``recipe``."""
+    extras = [(name, importlib.import_module(module)) for name, module in recipe.extra_modules]
+    return load_host(recipe.plugins_dir, extra_plugins=extras, allow=recipe.allow, block=recipe.block)
+
+
+_CURRENT: list[PluginHost] = []  # hosts made current with using(), innermost last
+_BUILT: dict[HostRecipe, PluginHost] = {}  # hosts built in this process, by recipe
+
+
+@contextlib.contextmanager
+def using(host: PluginHost) -> Iterator[PluginHost]:
+    """Make ``host`` this process's current host for the block (what :func:`host_for` and
+    :func:`get_host` return for its recipe); the previous one is restored after."""
+    _CURRENT.append(host)
+    try:
+        yield host
+    finally:
+        _CURRENT.remove(host)
+
+
+def host_for(recipe: HostRecipe) -> PluginHost:
+    """The host ``recipe`` describes: the current one when it matches (a job run in the process
+    that made it), else one built from the recipe once per process (a worker)."""
+    for host in reversed(_CURRENT):
+        if host.recipe == recipe:
+            return host
+    if recipe not in _BUILT:
+        _BUILT[recipe] = build_host(recipe)
+    return _BUILT[recipe]
 
 
 def get_host(plugins_dir: str | Path | None = None) -> PluginHost:
-    """The process-wide host, built on first use."""
-    global _HOST, _HOST_DIR
-    key = str(plugins_dir) if plugins_dir else None
-    if _HOST is None or key != _HOST_DIR:
-        _HOST, _HOST_DIR = load_host(plugins_dir), key
-    return _HOST
+    """The host of a command: the current one (see :func:`using`) when there is one and no other
+    ``plugins_dir`` is asked for, else the one the environment describes, built once per process."""
+    if _CURRENT and (plugins_dir is None or _CURRENT[-1].recipe.plugins_dir == str(plugins_dir)):
+        return _CURRENT[-1]
+    return host_for(HostRecipe.from_environment(plugins_dir))
 
 
 def reset_host() -> None:
-    global _HOST, _HOST_DIR
-    _HOST, _HOST_DIR = None, None
-
-
+    """Forget the hosts built in this process (the next :func:`get_host` builds again)."""
+    _BUILT.clear()

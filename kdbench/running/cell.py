@@ -12,43 +12,20 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from kdbench.record import tracking as tr
-from kdbench.core.api import DataBundle
+from kdbench.core.api import CellResult, DataBundle, Job
 from kdbench.core.config import CellSpec, canonical_hash, method_stages
 from kdbench.engine.loop import EpochResult
 from kdbench.engine.models import count_params
 from kdbench.measurement.measure import MACS_COUNTER, measure_on_targets, static_metrics
 from kdbench.running.pipeline import MethodResult, stage_plan, deploy_targets, reuse_from_mlflow, run_method, save_to_tmp
-from kdbench.core.host import PluginHost
+from kdbench.core.host import PluginHost, host_for
 from kdbench.running.progress import TrainingProgress
 from kdbench.running.teachers import get_teacher, teacher_key
-
-
-@dataclass
-class CellJob:
-    """Everything a worker needs to run a cell and log it (picklable)."""
-
-    cell: CellSpec
-    experiment_id: str
-    parent_run_id: str
-    tracking_uri: str
-    plugins_dir: str | None = None
-    resources: Any = None  # the suite's ``Resources`` (what a cluster executor asks for per cell)
-
-
-@dataclass
-class CellResult:
-    cell: CellSpec
-    status: str  # FINISHED, FAILED, SKIPPED (already finished: resume)
-    run_id: str | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-    error: str | None = None
-    seconds: float = 0.0
 
 
 _DATA: dict[str, DataBundle] = {}
@@ -92,19 +69,20 @@ def _epoch_metrics(r: EpochResult, prefix: str = "") -> dict[str, float]:
         "test_top5": r.test_top5, "test_loss": r.test_loss, "lr": r.lr, "epoch_seconds": r.seconds,
     }
     m.update({f"loss.{k}": v for k, v in r.terms.items()})
+    if r.phase == "pretrain":  # a distiller's pre-training epoch: metrics of their own, no evaluation
+        prefix += "pretrain."
+        m = {k: v for k, v in m.items() if not k.startswith("test_")}
     return {prefix + k: v for k, v in m.items()}
 
 
-def run_job(job: CellJob) -> CellResult:
-    """Run a cell in this process with this process's plugin host (what executors call).
+def run_job(job: Job) -> CellResult:
+    """Run a job's cell in this process (what executors call).
 
     A module-level function of a picklable job, so that executors can ship it
-    to other processes or machines; the host is rebuilt there from the same
-    entry points and ``plugins_dir``.
+    to other processes or machines; the host is the runner's own in the
+    process that made the job, and is rebuilt from ``job.host`` elsewhere.
     """
-    from kdbench.core.host import get_host
-
-    return run_cell(job, get_host(job.plugins_dir))
+    return run_cell(job, host_for(job.host))
 
 
 def teacher_cache_key(cell: CellSpec) -> str | None:
@@ -118,7 +96,7 @@ def teacher_cache_key(cell: CellSpec) -> str | None:
     return teacher_key(cell)
 
 
-def prepare_teacher(job: CellJob) -> str:
+def prepare_teacher(job: Job) -> str:
     """Train the job's teacher into the cache (or find it there), as a teacher run of the job's parent.
 
     Module-level and picklable like :func:`run_job`. Returns where the teacher
@@ -126,9 +104,7 @@ def prepare_teacher(job: CellJob) -> str:
     for a failure (the cells that need the teacher then report it), except
     KeyboardInterrupt.
     """
-    from kdbench.core.host import get_host
-
-    host = get_host(job.plugins_dir)
+    host = host_for(job.host)
     try:
         c = tr.client(job.tracking_uri)
         data = load_data(host, job.cell)
@@ -137,7 +113,7 @@ def prepare_teacher(job: CellJob) -> str:
         return f"failed: {type(exc).__name__}: {exc}".splitlines()[0]
 
 
-def run_cell(job: CellJob, host: PluginHost) -> CellResult:
+def run_cell(job: Job, host: PluginHost) -> CellResult:
     cell = job.cell
     c = tr.client(job.tracking_uri)
     start = time.perf_counter()
@@ -202,7 +178,7 @@ def run_cell(job: CellJob, host: PluginHost) -> CellResult:
         return CellResult(cell, "FAILED", run_id, error=message, seconds=time.perf_counter() - start)
 
 
-def _teacher_for(c, job: CellJob, host: PluginHost, data: DataBundle, device: torch.device):
+def _teacher_for(c, job: Job, host: PluginHost, data: DataBundle, device: torch.device):
     """The cell's teacher; when it must be trained, that training is a run of its own."""
     cell = job.cell
     state: dict[str, Any] = {}

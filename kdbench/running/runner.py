@@ -1,6 +1,7 @@
 """From a suite to finished cells: resolve, override, expand, check, run, summarise."""
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 import time
@@ -14,11 +15,13 @@ import torch
 from pydantic import ValidationError
 
 from kdbench.record import tracking as tr
-from kdbench.running.cell import CellJob, CellResult, load_data, run_job
+from kdbench.core.api import CellResult, Job
+from kdbench.running.teachers import cache_dir
+from kdbench.running.cell import load_data, run_job, teacher_cache_key
 from kdbench.core.config import REFERENCE_METHOD, CellSpec, Pipeline, Recipe, Ref, Suite, format_validation_error, load_suite_file
 from kdbench.core.errors import ConfigError, DeviceUnavailableError
 from kdbench.running.pipeline import check_method
-from kdbench.core.host import PluginHost
+from kdbench.core.host import PluginHost, using
 from kdbench.core.registry import did_you_mean
 
 # CLI flag for each overridable field, so errors name what the user typed.
@@ -251,8 +254,7 @@ def prepare(host: PluginHost, suite_name: str, overrides: Overrides) -> tuple[Su
 
 
 def run_suite(
-    host: PluginHost, suite: Suite, cells: list[CellSpec], *, force: bool = False, plugins_dir: str | None = None,
-    command: list[str] | None = None,
+    host: PluginHost, suite: Suite, cells: list[CellSpec], *, force: bool = False, command: list[str] | None = None,
 ) -> SuiteRun:
     """Run every cell without a FINISHED run of its spec hash (all of them with ``force``).
 
@@ -286,10 +288,13 @@ def run_suite(
     })
     tr.log_params(c, parent, tr.flatten(suite.model_dump(mode="json")))
     c.log_text(parent, suite.model_dump_json(indent=2), "suite.json")
-    jobs = [CellJob(cell, experiment_id, parent, uri, plugins_dir, suite.resources) for cell in todo]
+    env = worker_environment()
+    jobs = [Job(cell, experiment_id, parent, uri, host.recipe, suite.resources, teacher_cache_key(cell), env)
+            for cell in todo]
     results: list[CellResult] = []
     try:
-        results = executor.run(jobs, run_job)
+        with using(host):  # jobs run in this process get this very host
+            results = executor.run(jobs, run_job)
     except BaseException as exc:  # Ctrl-C, SIGTERM (SystemExit under Ray), or the executor broke: nothing stays RUNNING
         status = "FAILED" if isinstance(exc, Exception) else "KILLED"
         reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -307,6 +312,13 @@ def run_suite(
     order = {cell.spec_hash: i for i, cell in enumerate(cells)}
     all_results = sorted(results + skipped, key=lambda r: order[r.cell.spec_hash])
     return SuiteRun(suite, cells, all_results, experiment_id, parent, time.perf_counter() - start)
+
+
+def worker_environment() -> dict[str, str]:
+    """The ``KDBENCH_*``/``MLFLOW_*`` variables a worker elsewhere needs, the teacher cache made absolute."""
+    env = {k: v for k, v in os.environ.items() if k.startswith(("KDBENCH_", "MLFLOW_"))}
+    env["KDBENCH_CACHE_DIR"] = str(cache_dir().parent.resolve())  # absolute: workers start elsewhere
+    return env
 
 
 def _end_parent(c, experiment_id: str, parent: str, status: str, reason: str) -> None:

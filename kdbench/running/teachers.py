@@ -25,11 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from kdbench.core.api import Batch, DataBundle, Distiller
+from kdbench.core.api import DataBundle
 from kdbench.core.config import CellSpec, canonical_hash
 from kdbench.engine.evaluate import evaluate
 from kdbench.engine.loop import EpochResult, train

@@ -158,7 +158,6 @@ def make_host(
     are ignored.
     """
     host = PluginHost()
-    host._block = set()
     named: list[tuple[str, Any]] = []
     items = [p for p in plugins if isinstance(p, _ITEM_TYPES)]
     for p in plugins:
@@ -172,13 +171,9 @@ def make_host(
         named.append(("kdbench-testing-items", _Registers(items)))
     given = {n for n, _ in named}
     if installed or first_party:
-        if installed:
-            host._allow = None
-        else:
-            host._allow = _first_party_names() if first_party is True else set(first_party)  # type: ignore[arg-type]
-        host._block = set(given)  # a plugin given here wins over its installed entry point
-        host.load_entrypoints()
-        host._allow, host._block = None, set()
+        allow = None if installed else (_first_party_names() if first_party is True else set(first_party))  # type: ignore[arg-type]
+        # a plugin given here wins over its installed entry point
+        PluginHost(allow, given).load_entrypoints_into(host)
     for name, plugin in named:
         if host.pm.is_registered(plugin):
             continue
@@ -193,14 +188,10 @@ def make_host(
 @contextlib.contextmanager
 def use_host(host: PluginHost) -> Iterator[PluginHost]:
     """Make ``host`` the process-wide host (what the CLI, the runner and executors use) for a while."""
-    from kdbench.core import host as _plugins
+    from kdbench.core.host import using
 
-    previous = (_plugins._HOST, _plugins._HOST_DIR)
-    _plugins._HOST, _plugins._HOST_DIR = host, None
-    try:
+    with using(host):
         yield host
-    finally:
-        _plugins._HOST, _plugins._HOST_DIR = previous
 
 
 def _resolve(host: PluginHost | None, kind: str, item: Any, item_type: type) -> tuple[Any, PluginHost]:
@@ -362,17 +353,13 @@ def kdbench_host():
     Builds an isolated host with :func:`make_host` and makes it the
     process-wide host (used by the CLI and the runner) until the test ends.
     """
-    from kdbench.core import host as _plugins
+    from kdbench.core.host import using
 
-    previous = (_plugins._HOST, _plugins._HOST_DIR)
+    with contextlib.ExitStack() as stack:
+        def factory(*plugins: Any, **kwargs: Any) -> PluginHost:
+            return stack.enter_context(using(make_host(*plugins, **kwargs)))
 
-    def factory(*plugins: Any, **kwargs: Any) -> PluginHost:
-        host = make_host(*plugins, **kwargs)
-        _plugins._HOST, _plugins._HOST_DIR = host, None
-        return host
-
-    yield factory
-    _plugins._HOST, _plugins._HOST_DIR = previous
+        yield factory
 
 
 @pytest.fixture
@@ -555,14 +542,14 @@ def _probe_setup(distiller: Distiller, student: torch.nn.Module, teacher: torch.
     from torch.utils.data import DataLoader
 
     from kdbench.engine.loop import _train_targets
-    from kdbench.engine.models import forward_with_taps
+    from kdbench.engine.models import forward_with_taps, tap_options
 
     probe = next(iter(DataLoader(data.train, batch_size=2)))[0]
     with torch.no_grad():
         student.eval()
-        pre = distiller.needs_pre_logits
-        s = forward_with_taps(student, probe, distiller.student_stages, pre)
-        t = forward_with_taps(teacher, probe, distiller.teacher_stages, pre) if teacher is not None else None
+        taps = tap_options(distiller)
+        s = forward_with_taps(student, probe, distiller.student_stages, **taps)
+        t = forward_with_taps(teacher, probe, distiller.teacher_stages, **taps) if teacher is not None else None
         student.train()
     distiller.setup(PairInfo(
         num_classes=data.num_classes, num_train=len(data.train),
@@ -577,7 +564,7 @@ def _probe_setup(distiller: Distiller, student: torch.nn.Module, teacher: torch.
 def _method_run(method: Method, options: dict[str, Any], pair: ModelPair, teacher: torch.nn.Module,
                 data: DataBundle, seed: int, steps: int, epoch: int, checks: dict[str, Any] | None) -> dict[str, Any]:
     """A few training steps the way the host runs them; with ``checks``, enforce the contract on the way."""
-    from kdbench.engine.models import count_params, create_model, forward_with_taps
+    from kdbench.engine.models import count_params, create_model, forward_with_taps, tap_options
     from kdbench.engine.seeding import seed_everything
 
     name = method.name
@@ -605,45 +592,61 @@ def _method_run(method: Method, options: dict[str, Any], pair: ModelPair, teache
             _fail(f"method {name!r} registers the student's parameters as its own ({owned[0]}, ...): they would be "
                   "counted as extra parameters and optimised twice. Do not keep the student as an attribute.")
 
-    params = [p for p in student.parameters() if p.requires_grad] + [p for p in distiller.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=0.05, momentum=0.9)
     gen = torch.Generator().manual_seed(seed)
     n = min(8, len(data.train))
     losses: list[float] = []
-    student.train()
-    distiller.train()
-    for step in range(steps):
-        order = torch.randperm(len(data.train), generator=gen)[:n].tolist()
-        items = [data.train[i] for i in order]
-        images = torch.stack([it[0] for it in items])
-        targets = torch.tensor([int(it[1]) for it in items])
-        indices = torch.tensor([int(it[2]) for it in items])
-        s_out = forward_with_taps(student, images, distiller.student_stages, distiller.needs_pre_logits)
-        t_out = None
-        if t_used is not None:
-            with torch.no_grad():
-                t_out = forward_with_taps(t_used, images, distiller.teacher_stages, distiller.needs_pre_logits)
-        terms = distiller.loss_terms(Batch(images, targets, indices, s_out, t_out, epoch, step))
-        if checks is not None:
-            _check_terms(name, terms, step)
-        loss = sum(terms.values())
-        if checks is not None and not (isinstance(loss, torch.Tensor) and loss.requires_grad):
-            _fail(f"method {name!r}: the loss is not differentiable (it does not depend on the student): "
-                  "a term was detached, computed under no_grad, or turned into a Python number")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if checks is not None and step == 0:
-            _check_grads(name, student, distiller, teacher, checks)
-        optimizer.step()
-        losses.append(float(loss.detach()))
-        if checks is not None:
-            if teacher.training:
-                _fail(f"method {name!r} put the teacher in training mode: its BatchNorm statistics would drift")
-            changed = [k for k, v in _state(teacher).items() if not torch.equal(v, teacher_before[k])]
-            if changed:
-                _fail(f"method {name!r} changed the teacher during training ({changed[0]}, ...): the teacher must stay frozen")
-            if step == 0:
-                checks["terms"] = {k: float(v.detach()) for k, v in terms.items()}
+    # A distiller with a pre-training phase runs ``steps`` steps of it first, as the loop does.
+    phases = (["pretrain"] if distiller.pretrain_epochs > 0 else []) + ["train"]
+    for phase in phases:
+        pre = phase == "pretrain"
+        if not pre:
+            distiller.end_pretrain()
+        student_learns = not pre or distiller.pretrain_student
+        params = ([p for p in student.parameters() if p.requires_grad] if student_learns else []) + [
+            p for p in distiller.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(params, lr=0.05, momentum=0.9)
+        student.train(student_learns)
+        distiller.train()
+        loss_fn = distiller.pretrain_terms if pre else distiller.loss_terms
+        for step in range(steps):
+            order = torch.randperm(len(data.train), generator=gen)[:n].tolist()
+            items = [data.train[i] for i in order]
+            images = torch.stack([it[0] for it in items])
+            targets = torch.tensor([int(it[1]) for it in items])
+            indices = torch.tensor([int(it[2]) for it in items])
+            with torch.set_grad_enabled(student_learns):
+                s_out = forward_with_taps(student, images, distiller.student_stages, **tap_options(distiller))
+            t_out = None
+            if t_used is not None:
+                with torch.no_grad():
+                    t_out = forward_with_taps(t_used, images, distiller.teacher_stages, **tap_options(distiller))
+            terms = loss_fn(Batch(images, targets, indices, s_out, t_out, 0 if pre else epoch, step))
+            if checks is not None:
+                _check_terms(name if not pre else f"{name} (pretrain_terms)", terms, step)
+            loss = sum(terms.values())
+            if checks is not None and not (isinstance(loss, torch.Tensor) and loss.requires_grad):
+                what = "pre-training loss does not depend on any trained parameter" if pre else \
+                    "loss is not differentiable (it does not depend on the student)"
+                _fail(f"method {name!r}: the {what}: a term was detached, computed under no_grad, or turned into a "
+                      "Python number")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if checks is not None and step == 0:
+                if pre:
+                    _check_pretrain_grads(name, student, distiller, teacher)
+                else:
+                    _check_grads(name, student, distiller, teacher, checks)
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            if checks is not None:
+                if teacher.training:
+                    _fail(f"method {name!r} put the teacher in training mode: its BatchNorm statistics would drift")
+                changed = [k for k, v in _state(teacher).items() if not torch.equal(v, teacher_before[k])]
+                if changed:
+                    _fail(f"method {name!r} changed the teacher during training ({changed[0]}, ...): the teacher must "
+                          "stay frozen")
+                if step == 0 and not pre:
+                    checks["terms"] = {k: float(v.detach()) for k, v in terms.items()}
     if checks is not None:
         checks["extra_params"] = count_params(distiller)
     return {
@@ -651,6 +654,21 @@ def _method_run(method: Method, options: dict[str, Any], pair: ModelPair, teache
         "student": _state(student),
         "distiller": _state(distiller),
     }
+
+
+def _check_pretrain_grads(name: str, student, distiller, teacher) -> None:
+    """The pre-training loss trains the distiller's modules (or the student, when it says so), never the teacher."""
+    leaked = [n for n, p in teacher.named_parameters() if p.grad is not None]
+    if leaked:
+        _fail(f"method {name!r}: its pre-training leaks gradients into the teacher ({leaked[0]}, ...)")
+    if not distiller.pretrain_student:
+        moved = [n for n, p in student.named_parameters() if p.grad is not None]
+        if moved:
+            _fail(f"method {name!r}: pre-training reaches the student ({moved[0]}, ...) without pretrain_student")
+    learning = [p for p in list(distiller.parameters()) + (list(student.parameters()) if distiller.pretrain_student else [])
+                if p.grad is not None and p.grad.abs().sum() > 0]
+    if not learning:
+        _fail(f"method {name!r}: its pre-training loss gives no gradient to any parameter it trains")
 
 
 def _check_terms(name: str, terms: Any, step: int) -> None:
