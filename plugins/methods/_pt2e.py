@@ -122,3 +122,30 @@ def float_copy(model: nn.Module, ctx: kdbench.StageContext) -> nn.Module:
     from .prune import clone_model
 
     return clone_model(model, ctx).cpu().eval()
+
+
+class Int8X86Stage(kdbench.Compressor):
+    """What PTQ (``quant``) and QAT (``qat``) share: a terminal stage whose int8 PT2E program runs on x86
+    CPUs compiled with freezing, described by the float model it came from and saved as an exported program."""
+
+    terminal = True
+    artifact_name = "student_int8.pt2"
+
+    def __init__(self) -> None:
+        self._float: nn.Module | None = None
+        self._input_size: tuple[int, ...] | None = None
+
+    def keep_float(self, model: nn.Module, ctx: kdbench.StageContext) -> None:
+        """Remember a float copy of the stage's input model (its params and MACs describe the int8 one)."""
+        self._float = float_copy(model, ctx)
+        self._input_size = tuple(ctx.input_size)
+
+    def deployment(self, model: nn.Module) -> kdbench.Deployment:
+        return INT8_X86
+
+    def float_model(self, model: nn.Module) -> nn.Module:
+        return self._float if self._float is not None else model
+
+    def save(self, model: nn.Module, path: str) -> None:
+        assert self._input_size is not None, "save() follows apply()"
+        save_exported(model, path, torch.randn(2, *self._input_size))

@@ -29,20 +29,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 import kdbench
-
-
-class Embed(nn.Module):
-    """Linear head to the contrastive space, L2-normalised."""
-
-    def __init__(self, dim_in: int, dim_out: int = 128):
-        super().__init__()
-        self.linear = nn.Linear(dim_in, dim_out)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.linear(x.flatten(1)), dim=1)
+from kdbench_plugins.methods.crd import Embed  # CRD's embedding head, shared
 
 
 class CRDQueue(kdbench.Distiller):

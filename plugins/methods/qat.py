@@ -21,21 +21,17 @@ from __future__ import annotations
 
 import time
 
-import torch
 from torch import nn
 
 import kdbench
 
 from ._pt2e import (
-    INT8_X86, eval_mode, export, float_copy, save_exported, strip_unused, unzero_batchnorm, x86_quantizer,
+    Int8X86Stage, eval_mode, export, float_copy, strip_unused, unzero_batchnorm, x86_quantizer,
 )
 from .prune import FINETUNES
 
 
-class QAT(kdbench.Compressor):
-    terminal = True
-    artifact_name = "student_int8.pt2"
-
+class QAT(Int8X86Stage):
     def __init__(self, epochs: int | None = None, lr: float | None = None, finetune: str = "plain",
                  T: float = 4.0, alpha: float = 0.9):
         if finetune not in ("plain", "kd"):
@@ -44,14 +40,12 @@ class QAT(kdbench.Compressor):
             raise kdbench.ConfigError(f"qat: epochs must be at least 1, got {epochs}")
         assert finetune in FINETUNES
         self.epochs, self.lr, self.finetune, self.T, self.alpha = epochs, lr, finetune, T, alpha
-        self._float: nn.Module | None = None
-        self._input_size: tuple[int, ...] | None = None
+        super().__init__()
 
     def apply(self, model: nn.Module, ctx: kdbench.StageContext) -> nn.Module:
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
 
-        self._float = float_copy(model, ctx)
-        self._input_size = tuple(ctx.input_size)
+        self.keep_float(model, ctx)
         start = float_copy(model, ctx)
         ctx.metrics["zero_bn_scales"] = unzero_batchnorm(start)
         example = ctx.train_batches(1)[0][:2]
@@ -68,16 +62,6 @@ class QAT(kdbench.Compressor):
         ctx.metrics["convert_seconds"] = time.perf_counter() - t0
         ctx.metrics["qat_epochs"] = epochs
         return quantized
-
-    def deployment(self, model: nn.Module) -> kdbench.Deployment:
-        return INT8_X86
-
-    def float_model(self, model: nn.Module) -> nn.Module:
-        return self._float if self._float is not None else model
-
-    def save(self, model: nn.Module, path: str) -> None:
-        assert self._input_size is not None, "save() follows apply()"
-        save_exported(model, path, torch.randn(2, *self._input_size))
 
 
 @kdbench.hookimpl

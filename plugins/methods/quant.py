@@ -30,26 +30,21 @@ from torch import nn
 
 import kdbench
 
-from ._pt2e import INT8_X86, eval_mode, export, float_copy, save_exported, strip_unused, x86_quantizer
+from ._pt2e import Int8X86Stage, eval_mode, export, float_copy, strip_unused, x86_quantizer
 
 
-class StaticInt8(kdbench.Compressor):
-    terminal = True
-    artifact_name = "student_int8.pt2"
-
+class StaticInt8(Int8X86Stage):
     def __init__(self, calibration_batches: int = 8, calibration_batch_size: int | None = None):
         if calibration_batches < 1:
             raise kdbench.ConfigError(f"quant: calibration_batches must be at least 1, got {calibration_batches}")
         self.calibration_batches = int(calibration_batches)
         self.calibration_batch_size = calibration_batch_size
-        self._float: nn.Module | None = None
-        self._input_size: tuple[int, ...] | None = None
+        super().__init__()
 
     def apply(self, model: nn.Module, ctx: kdbench.StageContext) -> nn.Module:
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-        self._float = float_copy(model, ctx)
-        self._input_size = tuple(ctx.input_size)
+        self.keep_float(model, ctx)
         batches = ctx.train_batches(self.calibration_batches, self.calibration_batch_size)
         t0 = time.perf_counter()
         prepared = prepare_pt2e(export(float_copy(model, ctx), batches[0][:2]), x86_quantizer())
@@ -65,16 +60,6 @@ class StaticInt8(kdbench.Compressor):
         ctx.metrics["calibration_max_abs_diff"] = float((ref - out).abs().max())
         ctx.metrics["calibration_agreement"] = float((ref.argmax(1) == out.argmax(1)).float().mean())
         return quantized
-
-    def deployment(self, model: nn.Module) -> kdbench.Deployment:
-        return INT8_X86
-
-    def float_model(self, model: nn.Module) -> nn.Module:
-        return self._float if self._float is not None else model
-
-    def save(self, model: nn.Module, path: str) -> None:
-        assert self._input_size is not None, "save() follows apply()"
-        save_exported(model, path, torch.randn(2, *self._input_size))
 
 
 @kdbench.hookimpl
