@@ -38,7 +38,12 @@ every stage; ``forward_intermediates(x, indices)`` returns
 ``(final_map, [stage outputs])`` with stage outputs equal to RepDistiller's
 ``feat[0..-2]`` (post-ReLU, as its distillers use them) and ``final_map`` the
 map the classifier pools; ``forward_head(x, pre_logits=True)`` is
-RepDistiller's ``feat[-1]``. Construction accepts timm's keyword arguments
+RepDistiller's ``feat[-1]``. ``forward_intermediates(x, indices, preact=True)`` (kdbench's
+extension of the API, RepDistiller's/mdistiller's ``preact=True``) returns each
+stage before the ReLU that ends it; ``get_bn_before_relu()`` returns, for every
+stage after the stem, the BatchNorm whose affine parameters describe that
+pre-ReLU map (OFD's margins), as in mdistiller's networks (ShuffleNets: none).
+Construction accepts timm's keyword arguments
 (``num_classes``, ``in_chans``, ``drop_rate``, ``global_pool='avg'``,
 ``pretrained=False``); there are no pretrained weights.
 
@@ -87,6 +92,14 @@ class CifarNet(nn.Module):
 
     def taps(self) -> list[Callable[[torch.Tensor], torch.Tensor]]:
         raise NotImplementedError
+
+    def preact_taps(self) -> list[Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]]:
+        """Like :meth:`taps`, each returning ``(output, output before the activation that ends the stage)``."""
+        raise NotImplementedError
+
+    def get_bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        """The BatchNorm before the final ReLU of every stage after the stem (mdistiller's convention)."""
+        raise NotImplementedError(f"{type(self).__name__} names no BatchNorm before its stages' ReLUs")
 
     def post(self, x: torch.Tensor) -> torch.Tensor:
         return x
@@ -138,15 +151,23 @@ class CifarNet(nn.Module):
 
     def forward_intermediates(
         self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False, stop_early: bool = False,
-        output_fmt: str = "NCHW", intermediates_only: bool = False,
+        output_fmt: str = "NCHW", intermediates_only: bool = False, preact: bool = False,
     ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """timm's contract: the stage outputs at ``indices`` (forward order) and the final map."""
+        """timm's contract: the stage outputs at ``indices`` (forward order) and the final map.
+
+        ``preact=True``: each returned stage output is taken before the ReLU that ends it.
+        """
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
         taps = self.taps()
+        pre_taps = self.preact_taps() if preact else taps
         take, max_index = feature_take_indices(len(taps), indices)
         intermediates = []
         for i, tap in enumerate(taps[: max_index + 1] if (stop_early or intermediates_only) else taps):
+            if preact and i in take:
+                x, pre = pre_taps[i](x)
+                intermediates.append(pre)
+                continue
             x = tap(x)
             if i in take:
                 intermediates.append(x)
@@ -173,6 +194,25 @@ def _conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1, 
     return nn.Sequential(*layers)
 
 
+def _sequential_preact(blocks: nn.Sequential) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """A stage of blocks whose last one has ``forward_preact``: (output, the last block's pre-ReLU sum)."""
+
+    def run(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        for block in blocks[:-1]:
+            x = block(x)
+        return blocks[-1].forward_preact(x)
+
+    return run
+
+
+def _conv_bn_preact(conv: nn.Module, bn: nn.Module) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    def run(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pre = bn(conv(x))
+        return F.relu(pre), pre
+
+    return run
+
+
 # --------------------------------------------------------------------------- CIFAR ResNet
 
 
@@ -190,6 +230,11 @@ class BasicBlock(nn.Module):
         self.downsample = None
         if stride != 1 or cin != planes:
             self.downsample = nn.Sequential(nn.Conv2d(cin, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+
+    def forward_preact(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = F.relu(self.bn1(self.conv1(x)))
+        pre = self.bn2(self.conv2(out)) + (x if self.downsample is None else self.downsample(x))
+        return F.relu(pre), pre
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -220,6 +265,12 @@ class CifarResNet(CifarNet):
 
     def taps(self):
         return [self.stem, self.layer1, self.layer2, self.layer3]
+
+    def preact_taps(self):
+        return [_conv_bn_preact(self.conv1, self.bn1)] + [_sequential_preact(s) for s in (self.layer1, self.layer2, self.layer3)]
+
+    def get_bn_before_relu(self):
+        return [s[-1].bn2 for s in (self.layer1, self.layer2, self.layer3)]
 
 
 # --------------------------------------------------------------------------- Wide ResNet
@@ -272,6 +323,22 @@ class WideResNet(CifarNet):
     def taps(self):  # stage outputs as RepDistiller's feat[0..3] (raw block outputs)
         return [self.conv1, self.block1, self.block2, self.block3]
 
+    def get_bn_before_relu(self):  # pre-activation blocks: the BN that next normalises each stage's output
+        return [self.block2.layer[0].bn1, self.block3.layer[0].bn1, self.bn1]
+
+    def preact_taps(self):
+        # a stage's pre-ReLU map is its output through the BN that precedes the next ReLU (OFD's and
+        # mdistiller's WRN: block2.layer[0].bn1(f1), block3.layer[0].bn1(f2), bn1(f3)); the stem likewise
+        bns = [self.block1.layer[0].bn1, *self.get_bn_before_relu()]
+
+        def tap(f, bn):
+            def run(x):
+                out = f(x)
+                return out, bn(out)
+            return run
+
+        return [tap(f, bn) for f, bn in zip(self.taps(), bns)]
+
     def post(self, x: torch.Tensor) -> torch.Tensor:  # the final BN-ReLU, before pooling
         return F.relu(self.bn1(x))
 
@@ -313,6 +380,18 @@ class CifarVGG(CifarNet):
 
     def taps(self):
         return [functools.partial(self._stage, i) for i in range(5)]
+
+    def _stage_preact(self, i: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if i in (1, 2, 3) or (i == 4 and x.shape[-1] > 4):
+            x = F.max_pool2d(x, 2, 2)
+        pre = getattr(self, f"block{i}")(x)
+        return F.relu(pre), pre
+
+    def preact_taps(self):
+        return [functools.partial(self._stage_preact, i) for i in range(5)]
+
+    def get_bn_before_relu(self):  # each block ends with its BatchNorm; the ReLU is applied outside
+        return [getattr(self, f"block{i}")[-1] for i in range(1, 5)]
 
 
 # --------------------------------------------------------------------------- MobileNetV2
@@ -365,6 +444,18 @@ class MobileHalf(CifarNet):
     def taps(self):  # RepDistiller's f0..f4: blocks grouped 0-1, 2, 3-4, 5-6
         return [self.conv1] + [functools.partial(self._run, a, b) for a, b in ((0, 1), (2, 2), (3, 4), (5, 6))]
 
+    def preact_taps(self):  # linear bottlenecks: every stage after the stem already ends without a ReLU
+        def same(f):
+            def run(x):
+                out = f(x)
+                return out, out
+            return run
+
+        return [_conv_bn_preact(self.conv1[0], self.conv1[1])] + [same(f) for f in self.taps()[1:]]
+
+    def get_bn_before_relu(self):  # mdistiller: the last BatchNorm of each stage's last block
+        return [self.blocks[i][-1].conv[-1] for i in (1, 2, 4, 6)]
+
     def post(self, x: torch.Tensor) -> torch.Tensor:  # the 1×1 conv to 1280 channels, before pooling
         return self.conv2(x)
 
@@ -391,6 +482,13 @@ class ShuffleV1Block(nn.Module):
         self.bn2 = nn.BatchNorm2d(mid)
         self.conv3 = nn.Conv2d(mid, cout, 1, groups=groups, bias=False)
         self.bn3 = nn.BatchNorm2d(cout)
+
+    def forward_preact(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = _shuffle(F.relu(self.bn1(self.conv1(x))), self.g)
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        pre = torch.cat([out, F.avg_pool2d(x, 3, 2, 1)], 1) if self.stride == 2 else out + x
+        return F.relu(pre), pre
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = _shuffle(F.relu(self.bn1(self.conv1(x))), self.g)
@@ -426,6 +524,9 @@ class ShuffleV1(CifarNet):
     def taps(self):
         return [self.stem, self.layer1, self.layer2, self.layer3]
 
+    def preact_taps(self):
+        return [_conv_bn_preact(self.conv1, self.bn1)] + [_sequential_preact(s) for s in (self.layer1, self.layer2, self.layer3)]
+
 
 class ShuffleV2Block(nn.Module):
     """ShuffleNetV2 basic unit: split channels in half, transform one half, concat, shuffle."""
@@ -439,6 +540,13 @@ class ShuffleV2Block(nn.Module):
         self.bn2 = nn.BatchNorm2d(c)
         self.conv3 = nn.Conv2d(c, c, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(c)
+
+    def forward_preact(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # the branch's last ReLU, on the concatenated and shuffled map (mdistiller does not shuffle its preact)
+        keep, x2 = x.chunk(2, dim=1)
+        out = F.relu(self.bn1(self.conv1(x2)))
+        pre = self.bn3(self.conv3(self.bn2(self.conv2(out))))
+        return _shuffle(torch.cat([keep, F.relu(pre)], 1), 2), _shuffle(torch.cat([keep, pre], 1), 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         keep, x2 = x.chunk(2, dim=1)
@@ -494,6 +602,9 @@ class ShuffleV2(CifarNet):
     def taps(self):
         return [self.stem, self.layer1, self.layer2, self.layer3]
 
+    def preact_taps(self):
+        return [_conv_bn_preact(self.conv1, self.bn1)] + [_sequential_preact(s) for s in (self.layer1, self.layer2, self.layer3)]
+
     def post(self, x: torch.Tensor) -> torch.Tensor:  # the 1×1 conv to 1024 channels, before pooling
         return F.relu(self.bn2(self.conv2(x)))
 
@@ -516,6 +627,12 @@ class Bottleneck(nn.Module):
         self.shortcut = nn.Sequential()
         if stride != 1 or cin != cout:
             self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward_preact(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        pre = self.bn3(self.conv3(out)) + self.shortcut(x)
+        return F.relu(pre), pre
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -545,6 +662,13 @@ class CifarResNet50(CifarNet):
 
     def taps(self):
         return [self.stem, self.layer1, self.layer2, self.layer3, self.layer4]
+
+    def preact_taps(self):
+        return [_conv_bn_preact(self.conv1, self.bn1)] + [
+            _sequential_preact(s) for s in (self.layer1, self.layer2, self.layer3, self.layer4)]
+
+    def get_bn_before_relu(self):
+        return [s[-1].bn3 for s in (self.layer1, self.layer2, self.layer3, self.layer4)]
 
 
 # --------------------------------------------------------------------------- registration

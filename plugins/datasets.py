@@ -1,6 +1,13 @@
 """Datasets: the embedded ``glyphs`` (offline default), CIFAR-10/100 and ImageFolder trees.
 
 Every split yields ``(image, label, index)``: contrastive methods need the index.
+
+``augment`` (glyphs, CIFAR, ImageFolder) labels the training augmentation in
+the dataset's name, so a cell says what it trained on: ``standard`` (the
+default), ``strong`` (RandAugment + Cutout after the standard crop, the strong
+view of MLKD's code) or ``weak+strong`` (two views of every training image,
+``[standard, strong]``, for methods that use a second view, e.g. ``mlkd``;
+see ``Distiller.uses_views``). The test split is never augmented.
 """
 from __future__ import annotations
 
@@ -14,7 +21,7 @@ import kdbench
 from kdbench.core.errors import DataError
 
 from . import _glyphs
-from ._data import ArrayDataset, Compose, IndexedDataset, Normalize, RandomCropFlip
+from ._data import ArrayDataset, IndexedDataset, Normalize, RandomCropFlip, check_augment, train_transform
 
 CIFAR_MEAN = {10: (0.4914, 0.4822, 0.4465), 100: (0.5071, 0.4865, 0.4409)}
 CIFAR_STD = {10: (0.2470, 0.2435, 0.2616), 100: (0.2673, 0.2564, 0.2762)}
@@ -32,9 +39,11 @@ def _glyph_arrays(num_train: int, num_test: int, num_classes: int, noise: float,
 
 
 def build_glyphs(
-    num_train: int = 5000, num_test: int = 2000, num_classes: int = 10, noise: float = 0.15, seed: int = 0
+    num_train: int = 5000, num_test: int = 2000, num_classes: int = 10, noise: float = 0.15, seed: int = 0,
+    augment: str = "standard",
 ) -> kdbench.DataBundle:
-    """Procedural 32×32 RGB glyphs, generated in memory (see ``_glyphs``)."""
+    """Procedural 32×32 RGB glyphs, generated in memory (see ``_glyphs``); ``augment``: see the module docstring."""
+    check_augment("glyphs", augment)
     for name, value in (("num_train", num_train), ("num_test", num_test)):
         if value < 1:
             raise DataError(f"glyphs: {name} must be at least 1, got {value}")
@@ -44,7 +53,7 @@ def build_glyphs(
     mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
     norm = Normalize(mean, std)
     # Glyphs are not mirror-symmetric classes, so no flip: a shift-only crop.
-    train = ArrayDataset(xtr, ytr, Compose(RandomCropFlip(padding=2, flip=False), norm))
+    train = ArrayDataset(xtr, ytr, train_transform(augment, RandomCropFlip(padding=2, flip=False), norm))
     test = ArrayDataset(xte, yte, norm)
     return kdbench.DataBundle(train, test, num_classes, (3, 32, 32), mean, std)
 
@@ -91,18 +100,19 @@ def _check_root(name: str, root: str | None) -> Path:
     return path
 
 
-def _cifar_bundle(xtr, ytr, xte, yte, classes: int) -> kdbench.DataBundle:
+def _cifar_bundle(xtr, ytr, xte, yte, classes: int, augment: str = "standard") -> kdbench.DataBundle:
     bad = [int(y) for y in np.concatenate([ytr, yte]) if not 0 <= y < classes][:1]
     if bad:
         raise DataError(f"CIFAR-{classes}: label {bad[0]} is outside 0..{classes - 1}")
     mean, std = CIFAR_MEAN[classes], CIFAR_STD[classes]
     norm = Normalize(mean, std)
-    train = ArrayDataset(xtr, ytr, Compose(RandomCropFlip(padding=4, flip=True), norm))
+    train = ArrayDataset(xtr, ytr, train_transform(augment, RandomCropFlip(padding=4, flip=True), norm))
     return kdbench.DataBundle(train, ArrayDataset(xte, yte, norm), classes, (3, 32, 32), mean, std)
 
 
-def build_cifar10(root: str | None = None) -> kdbench.DataBundle:
+def build_cifar10(root: str | None = None, augment: str = "standard") -> kdbench.DataBundle:
     """CIFAR-10 from ``cifar-10-batches-py`` (data_batch_1..5, test_batch)."""
+    check_augment("cifar10", augment)
     base = _find_cifar_dir(_check_root("cifar10", root), "cifar-10-batches-py", "test_batch")
     parts = []
     for i in range(1, 6):
@@ -111,32 +121,35 @@ def build_cifar10(root: str | None = None) -> kdbench.DataBundle:
             raise DataError(f"CIFAR-10 at {str(base)!r} is incomplete: {path.name!r} is missing")
         parts.append(_cifar_split(path, "labels"))
     xte, yte = _cifar_split(base / "test_batch", "labels")
-    return _cifar_bundle(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), xte, yte, 10)
+    return _cifar_bundle(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), xte, yte, 10, augment)
 
 
-def build_cifar100(root: str | None = None) -> kdbench.DataBundle:
+def build_cifar100(root: str | None = None, augment: str = "standard") -> kdbench.DataBundle:
     """CIFAR-100 (fine labels) from ``cifar-100-python`` (train, test)."""
+    check_augment("cifar100", augment)
     base = _find_cifar_dir(_check_root("cifar100", root), "cifar-100-python", "train")
     if not (base / "test").is_file():
         raise DataError(f"CIFAR-100 at {str(base)!r} is incomplete: 'test' is missing")
     xtr, ytr = _cifar_split(base / "train", "fine_labels")
     xte, yte = _cifar_split(base / "test", "fine_labels")
-    return _cifar_bundle(xtr, ytr, xte, yte, 100)
+    return _cifar_bundle(xtr, ytr, xte, yte, 100, augment)
 
 
 # --------------------------------------------------------------------------- ImageFolder
 
 
 def build_imagefolder(
-    root: str | None = None, image_size: int = 224, train_dir: str = "train", test_dir: str = "val"
+    root: str | None = None, image_size: int = 224, train_dir: str = "train", test_dir: str = "val",
+    augment: str = "standard",
 ) -> kdbench.DataBundle:
     """An ImageFolder tree: ``root/train/<class>/*.jpg`` and ``root/val/<class>/*.jpg``.
 
     Standard ImageNet augmentation: RandomResizedCrop + flip for training,
-    resize to 1.14× then centre crop for testing.
+    resize to 1.14× then centre crop for testing; ``augment``: see the module docstring.
     """
     from torchvision import datasets, transforms
 
+    check_augment("imagefolder", augment)
     base = _check_root("imagefolder", root)
     dirs = {}
     for split, sub in (("train", train_dir), ("test", test_dir)):
@@ -152,6 +165,11 @@ def build_imagefolder(
     train_tf = transforms.Compose([
         transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip(), transforms.ToTensor(), norm,
     ])
+    if augment != "standard":  # the same crop and flip, as uint8, then RandAugment on the strong view
+        crop = transforms.Compose([
+            transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip(), transforms.PILToTensor(),
+        ])
+        train_tf = train_transform(augment, crop, Normalize(IMAGENET_MEAN, IMAGENET_STD))
     test_tf = transforms.Compose([
         transforms.Resize(int(round(image_size * 256 / 224))), transforms.CenterCrop(image_size), transforms.ToTensor(), norm,
     ])

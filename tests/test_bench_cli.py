@@ -8,7 +8,8 @@ import torch
 from click.testing import CliRunner
 
 from kdbench.cli import cli
-from kdbench.cli.bench import load_model, save_model, variant
+from kdbench.measurement.models_io import load_model, save_model
+from kdbench.measurement.targets import variant
 
 FAST = ["--warmup", "1", "--min-run-time", "0.05", "--min-calls", "5", "--throughput-batch-size", "4"]
 TINY = ["--input-size", "3,32,32"]
@@ -77,12 +78,13 @@ def test_bench_checkpoint_with_metadata(kdbench_env):
 
 
 def test_bench_log_to_mlflow_and_runs_uri(kdbench_env):
-    from kdbench.record import tracking as tr
     from kdbench.engine.models import create_model
+    from kdbench.record.client import client
+    from kdbench.record.writer import Writer
 
     result = bench("test_resnet", *TINY, "--num-classes", "10", "--hardware", "cpu-1t,mps", "--log", *FAST)
     assert result.exit_code == 0, result.output
-    c = tr.client()
+    c = client()
     exp = c.get_experiment_by_name("kdbench/bench")
     (run,) = c.search_runs([exp.experiment_id])
     assert run.info.status == "FINISHED"
@@ -92,14 +94,23 @@ def test_bench_log_to_mlflow_and_runs_uri(kdbench_env):
     assert "latency_p99_ms.cpu-1t.fp32" in run.data.metrics and "macs" in run.data.metrics
 
     # a cell-like run with a student.pt artifact, measured through runs:/RUN_ID
-    cell = tr.start_run(c, exp.experiment_id, "cell", {"kdbench.student": "test_resnet"})
+    writer = Writer(c)
+    cell = writer.start_run(exp.experiment_id, "cell", {"kdbench.student": "test_resnet"})
     torch.save(create_model("test_resnet", 5, (3, 32, 32)).state_dict(), "student.pt")
     c.log_artifact(cell, "student.pt")
     c.set_terminated(cell, "FINISHED")
     data = bench_json(f"runs:/{cell}", *TINY, "--hardware", "cpu-1t", *FAST)
     assert data["models"][0]["arch"] == "test_resnet" and data["models"][0]["num_classes"] == 5
-    result = bench(f"runs:/{cell}", "--hardware", "cpu-1t", *FAST)
+    result = bench(f"runs:/{cell}", "--hardware", "cpu-1t", *FAST)  # a run recorded before cells said their input
     assert result.exit_code == 2 and "--input-size" in result.output
+
+    # a run that records its input size and classes (as cells do now) needs neither option
+    recorded = writer.start_run(exp.experiment_id, "cell", {"kdbench.student": "test_resnet"})
+    writer.log_data(recorded, (3, 24, 24), 5)
+    c.log_artifact(recorded, "student.pt")
+    c.set_terminated(recorded, "FINISHED")
+    (model,) = bench_json(f"runs:/{recorded}", "--hardware", "cpu-1t", *FAST)["models"]
+    assert (model["input_size"], model["num_classes"], model["source"]) == ([3, 24, 24], 5, "mlflow")
 
 
 @pytest.mark.parametrize("args, message", [

@@ -17,7 +17,9 @@ import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from kdbench.record import tracking as tr
+from kdbench.record import liveness, schema
+from kdbench.record.client import client
+from kdbench.record.store import ensure_experiment
 from kdbench.cli import cli
 from kdbench.core.host import reset_host
 
@@ -265,21 +267,22 @@ def test_concurrent_workers_train_a_teacher_once(kdbench_env):
 
 def test_stale_runs_are_marked_killed_live_ones_are_left(kdbench_env, monkeypatch):
     monkeypatch.setenv("KDBENCH_STALE_AFTER_S", "300")
-    c = tr.client()
-    exp = tr.ensure_experiment(c, "kdbench/stale")
+    c = client()
+    exp = ensure_experiment(c, "kdbench/stale")
     dead = subprocess.Popen(["true"])
     dead.wait()
     alive = subprocess.Popen(["sleep", "60"])
     try:
-        alive_start = tr._proc_stat(alive.pid)[1]
+        alive_start = liveness.proc_stat(alive.pid)[1]
         here = socket.gethostname()
-        role = {tr.TAG + "role": tr.ROLE_CELL}
+        role = {schema.ROLE: schema.CELL}
         now = time.time()
 
         def run(name: str, **owner: str) -> str:
-            tags = {**role, **{tr.OWNER + k: v for k, v in owner.items() if k != "heartbeat"}}
+            keys = {"host": schema.OWNER_HOST, "pid": schema.OWNER_PID, "start": schema.OWNER_START}
+            tags = {**role, **{keys[k]: v for k, v in owner.items() if k != "heartbeat"}}
             if "heartbeat" in owner:
-                tags[tr.HEARTBEAT] = owner["heartbeat"]
+                tags[schema.HEARTBEAT] = owner["heartbeat"]
             started = int((now - 7200) * 1000)  # started two hours ago
             return c.create_run(exp, start_time=started, tags=tags, run_name=name).info.run_id
 
@@ -293,7 +296,7 @@ def test_stale_runs_are_marked_killed_live_ones_are_left(kdbench_env, monkeypatc
             "other host, beating": run("beating", host="elsewhere", pid="1", heartbeat=str(int(now - 10))),
         }
         not_ours = c.create_run(exp, run_name="not kdbench").info.run_id
-        reaped = dict(tr.reap_stale_runs(c, exp))
+        reaped = dict(liveness.reap_stale_runs(c, exp))
         assert set(reaped) == {ids["dead pid"], ids["pid reused"], ids["other host, silent"], ids["alive, silent"]}
         assert "is gone" in reaped[ids["dead pid"]] and "is gone" in reaped[ids["pid reused"]]
         assert "no heartbeat from pid 1 on elsewhere" in reaped[ids["other host, silent"]]

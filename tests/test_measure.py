@@ -9,6 +9,7 @@ from torch import nn
 
 from kdbench import Hardware
 from kdbench.core.config import MeasureSpec
+from kdbench.record import schema
 from kdbench.measurement.environment import environment, environment_tags, parse_cpuinfo
 from kdbench.measurement.measure import (
     measure_latency,
@@ -101,6 +102,8 @@ def test_metric_names_say_target_and_precision():
     }
     assert metrics["throughput_batch.cpu-1t.fp32"] == 4
     assert metrics["latency_batch.cpu-1t.fp32"] == 1
+    assert names <= set(schema.TARGET_METRICS)  # declared in the record's schema
+    assert all(schema.is_declared("metric", k, schema.CELL) for k in metrics)
 
 
 def test_bf16_autocast_on_cpu_uses_its_own_names():

@@ -177,3 +177,80 @@ def test_cli_lists_plugins_and_broken_ones(kdbench_env):
     assert rows["broken_one"]["status"] == "broken"
     assert "missing dependency xyz" in rows["broken_one"]["error"]
     assert rows["kd"]["status"] == "loaded" and rows["kd"]["hooks"] == ["register_methods"]
+
+
+# --------------------------------------------------------------------------- the host's public API
+
+
+def test_allow_and_block_lists_are_arguments(kdbench_env, monkeypatch):
+    from kdbench.core.host import PluginHost
+
+    monkeypatch.setenv("KDBENCH_DISABLED_PLUGINS", "baseline")
+    host = load_host(allow=["baseline", "kd", "datasets"], block=["kd"])  # given: the environment is not read
+    assert set(host.info) == {"baseline", "datasets"} and host.methods.names() == ["baseline"]
+    assert (host.allow, host.block) == (frozenset({"baseline", "kd", "datasets"}), frozenset({"kd"}))
+    assert "kd" not in load_host(block=["kd"]).methods and "baseline" in load_host(block=["kd"]).methods
+    assert "baseline" not in load_host().methods  # not given: from the environment
+    bare = PluginHost()  # the constructor never reads the environment
+    assert bare.allow is None and bare.block == frozenset() and bare.wanted("baseline")
+    assert not PluginHost(allow=["kd"]).wanted("baseline") and not PluginHost(block=["kd"]).wanted("kd")
+
+
+def test_using_makes_a_host_current_and_restores_the_previous_one(kdbench_env):
+    from kdbench.core.host import get_host, using
+
+    outer, inner = load_host(allow=["baseline"]), load_host(allow=["kd"])
+    before = get_host()
+    with using(outer):
+        assert get_host() is outer
+        with pytest.raises(RuntimeError), using(inner):
+            assert get_host() is inner
+            raise RuntimeError("boom")
+        assert get_host() is outer
+    assert get_host() is before
+
+
+def test_one_table_of_kinds(kdbench_env):
+    """Hook specs, host registries, `kdbench list` and `plugins new` all follow kdbench.core.kinds.KINDS."""
+    import json
+
+    from click.testing import CliRunner
+
+    from kdbench.cli import cli
+    from kdbench.cli.list import KINDS as LIST_KINDS
+    from kdbench.cli.plugins import KINDS as NEW_KINDS
+    from kdbench.core import hookspecs
+    from kdbench.core.host import REGISTRATION_HOOKS, PluginHost
+    from kdbench.core.kinds import KINDS, SCAFFOLD_KINDS, kind, kind_of
+
+    registration_specs = {n for n in hookspecs.HOOK_NAMES if n.startswith("register_") and n != "register_commands"}
+    assert {k.hook for k in KINDS} == registration_specs
+    assert REGISTRATION_HOOKS == tuple((k.hook, k.registry) for k in KINDS)
+    registries = {n for n, t in PluginHost.__annotations__.items() if str(t).startswith("Registry")}
+    assert registries == {k.registry for k in KINDS}
+    host = load_host()
+    for k in KINDS:
+        assert getattr(host, k.registry) is host.registry(k.name) is host.registry(k.registry)
+        assert kind(k.name) is kind(k.registry) is k
+        item = next(iter(getattr(host, k.registry)))
+        assert kind_of(item) is k
+        rows = json.loads(CliRunner().invoke(cli, ["list", k.registry, "--json"]).output)
+        assert {r["name"] for r in rows} == set(getattr(host, k.registry).names())
+        assert all(set(k.columns) <= set(r) for r in rows), k.name
+    assert LIST_KINDS == tuple(k.registry for k in KINDS) + ("plugins",)
+    assert NEW_KINDS == tuple(k.name for k in SCAFFOLD_KINDS) and "suite" not in NEW_KINDS
+    with pytest.raises(kdbench.KdbenchError, match="unknown plugin kind 'widget'"):
+        kind("widget")
+
+
+def test_the_dataset_cache_can_be_dropped(kdbench_env):
+    from kdbench.running import cell
+    from kdbench.running.runner import expand
+    from kdbench.testing import tiny_suite
+
+    host = load_host()
+    (spec,) = expand(tiny_suite(datasets=["glyphs(num_train=20,num_test=10)"]), host, "cpu")
+    first = cell.load_data(host, spec)
+    assert cell.load_data(host, spec) is first  # built once per process
+    cell.clear_data_cache()
+    assert cell.load_data(host, spec) is not first

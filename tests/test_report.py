@@ -53,6 +53,8 @@ def test_report_files_are_written_and_well_formed(report_dir):
     assert "## Provenance" in readme and "kdbench run default --seeds 0,1" in readme
     assert re.search(r"\| [12] \| glyphs\(num_test=96,num_train=192\) \| tiny \| kd \| 2 \| \d+\.\d\d ± \d+\.\d\d \|", readme)
     assert "![Training curves](training_curves.png)" in readme
+    assert "## Pairwise comparisons and rank intervals" in readme and "| A | B | pairs | Δ (A − B) |" in readme
+    assert "p Holm" in readme and "smallest difference a two-sided paired t-test detects" in readme
 
     client = MlflowClient()
     exp = client.get_experiment_by_name("kdbench/default")

@@ -1,9 +1,9 @@
-"""`kdbench plugins new`: scaffolded packages are listed, keep the contract, run in a suite, pass their own tests.
+"""`kdbench plugins new`: scaffolded packages build, are listed, keep the contract, run in a suite, pass their own tests.
 
 Scaffolded packages are "installed" by putting their ``src`` folder on the
 path with a ``*.dist-info`` holding the entry points of their generated
-pyproject (fast, no pip); one kind is also installed for real with pip
-(slow test).
+pyproject (fast, no pip); every kind is also built into a wheel and imported
+from it, and one kind is installed for real with pip (slow test).
 """
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import re
 import subprocess
 import sys
 import tomllib
+import zipfile
+from fnmatch import fnmatch
 from pathlib import Path
 
 import pytest
@@ -20,11 +22,12 @@ from click.testing import CliRunner
 
 from kdbench.cli import cli
 from kdbench.core.host import reset_host
-from kdbench.authoring.scaffold import KINDS, Names
+from kdbench.authoring.scaffold import KINDS, TEMPLATES, Names, create
+from kdbench.core.kinds import SCAFFOLD_KINDS, kind as find_kind
 from kdbench.testing import check_dataset, check_hardware, check_method, check_pair, make_host
 
 NAMES = {kind: f"kit-{kind}" for kind in KINDS}
-REGISTRY = {"method": "methods", "dataset": "datasets", "pair": "pairs", "hardware": "hardware", "executor": "executors"}
+REGISTRY = {k.name: k.registry for k in SCAFFOLD_KINDS}
 
 
 def invoke(*args: str):
@@ -81,13 +84,58 @@ def test_new_writes_a_ready_package(kdbench_env, kind):
     tests = (root / "tests" / f"test_my_{kind}.py").read_text()
     compile(plugin, "plugin.py", "exec")
     compile(tests, "test.py", "exec")
-    assert "@kdbench.hookimpl" in plugin and f"register_{REGISTRY[kind] if kind != 'pair' else 'model_pairs'}" in plugin
+    assert "@kdbench.hookimpl" in plugin and f"def {find_kind(kind).hook}(register)" in plugin
     assert "from kdbench.testing import" in tests
     readme = (root / "README.md").read_text()
     for text in (plugin, tests, readme, (root / "pyproject.toml").read_text()):
         assert not re.search(r"__[A-Z]+__", text)  # every placeholder filled
     assert "pip install -e ." in readme and f"kdbench list {REGISTRY[kind]}" in readme
     assert f"pip install -e {root}" in result.output and "pytest" in result.output
+
+
+def test_every_kind_builds_into_a_wheel_and_imports_from_it(kdbench_env, monkeypatch):
+    """Each kind's package builds (setuptools, as `pip install` does); unpacked from its wheel, its
+    entry point is found, its plugin registers NAME, and its generated tests import."""
+    import importlib.util
+
+    site, wheels = kdbench_env / "site", kdbench_env / "wheels"
+    names = {kind: Names.of(f"whl-{kind}") for kind in KINDS}
+    for kind, n in names.items():
+        root, _ = create(n.name, kind, kdbench_env / n.dist)
+        build = subprocess.run(
+            [sys.executable, "-c", "import sys, setuptools.build_meta as b; b.build_wheel(sys.argv[1])", str(wheels)],
+            cwd=root, capture_output=True, text=True, timeout=120)
+        assert build.returncode == 0, build.stderr[-2000:]
+        (wheel,) = wheels.glob(f"{n.module}-0.1.0-*.whl")
+        with zipfile.ZipFile(wheel) as z:
+            files = set(z.namelist())
+            assert {f"{n.module}/__init__.py", f"{n.module}/plugin.py"} <= files
+            assert z.read(f"{n.module}-0.1.0.dist-info/entry_points.txt").decode().split() == [
+                "[kdbench]", n.name, "=", f"{n.module}.plugin"]
+            z.extractall(site)
+    monkeypatch.syspath_prepend(str(site))
+    try:
+        host = make_host(installed=True)
+        for kind, n in names.items():
+            assert host.registry(kind).owner(n.name) == n.name, kind
+            assert (host.info[n.name].distribution, host.info[n.name].version) == (n.dist, "0.1.0")
+            test_file = kdbench_env / n.dist / "tests" / f"test_{n.ident}.py"
+            spec = importlib.util.spec_from_file_location(f"scaffold_test_{n.ident}", test_file)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            assert module.NAME == n.name and module.plugin.__file__.startswith(str(site))
+    finally:
+        for mod in [m for m in sys.modules if any(m == n.module or m.startswith(n.module + ".") for n in names.values())]:
+            del sys.modules[mod]
+
+
+def test_templates_are_package_data():
+    """One template folder per kind `plugins new` offers (plus common files), all shipped by pyproject's package-data."""
+    globs = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"]["kdbench.authoring"]
+    assert {p.name for p in TEMPLATES.iterdir() if p.is_dir()} == {*KINDS, "common"}
+    files = [p.relative_to(TEMPLATES.parent).as_posix() for p in TEMPLATES.rglob("*") if p.is_file()]
+    assert files and all(any(fnmatch(f, g) for g in globs) for f in files), files
 
 
 @pytest.mark.parametrize("args, message", [
@@ -138,7 +186,7 @@ def test_scaffolded_plugins_are_listed(kdbench_env, scaffolded):
     rows = {r["name"]: r for r in json.loads(result.output)}
     for kind, name in NAMES.items():
         row = rows[name]
-        hook = "register_model_pairs" if kind == "pair" else f"register_{REGISTRY[kind]}"
+        hook = find_kind(kind).hook
         assert (row["status"], row["source"], row["distribution"], row["version"]) == (
             "loaded", "entry point", f"kdbench-{name}", "0.1.0")
         assert row["hooks"] == [hook] and row["registered"] == {REGISTRY[kind]: [name]}

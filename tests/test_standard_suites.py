@@ -69,7 +69,7 @@ def test_cifar100_standard_dry_run_expands_the_published_matrix(kdbench_env):
     result = invoke("run", "cifar100-standard", "--data-dir", str(root), "--dry-run", "--json")
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)
-    assert len(rows) == 13 * 14 * 3  # pairs × methods × seeds
+    assert len(rows) == 13 * 29 * 3  # pairs × methods × seeds
     pairs = {r["pair"] for r in rows}
     assert {"resnet32x4-resnet8x4", "wrn_40_2-wrn_16_2", "resnet56-resnet20", "resnet110-resnet32", "vgg13-vgg8",
             "resnet32x4-shufflev1", "vgg13-mobile_half"} <= pairs
@@ -116,7 +116,7 @@ def test_imagenet_r34_r18_dry_run_on_an_imagefolder_tree(kdbench_env):
     rows = json.loads(result.output)
     assert {(r["teacher"], r["student"]) for r in rows} == {("resnet34.tv_in1k", "resnet18")}
     assert {r["method"] for r in rows} >= {"baseline", "kd(T=1,alpha=0.5)", "crd", "dkd(T=1.0,alpha=1.0,beta=0.5,warmup=1)"}
-    assert len(rows) == 8 * 3
+    assert len(rows) == 19 * 3
     reset_host()
     suite, _ = prepare(get_host(), "imagenet-r34-r18", Overrides(data_dir=str(root), batch_size=2))
     assert (suite.recipe.epochs, suite.recipe.lr, suite.recipe.weight_decay, suite.recipe.milestones) == (100, 0.2, 1e-4, [30, 60, 90])
@@ -156,13 +156,22 @@ def test_kd_methods_covers_every_distiller_and_runs_each_one(kdbench_env):
         "kd": "kd", "fitnet": "hint", "at": "at", "sp": "sp", "rkd": "rkd_angle", "pkt": "pkt", "nst": "nst",
         "crd": "crd", "crd_kd": "crd", "crd_queue": "crd_queue", "dkd(warmup=1)": "nckd", "dist": "dist_intra",
         "fitnet(hint_epochs=1,mode=two_stage)": "hint",
+        "lskd": "kd", "mlkd": "bc", "ttm": "ttm", "wttm": "wttm", "ctkd(curriculum_epochs=1)": "kd",
+        "nkd": "nkd_non_target", "uskd": "uskd_weak", "dist_plus(connector=True)": "dist_channel",
+        "vid": "vid", "reviewkd(warmup=1)": "reviewkd", "ofd": "ofd", "ft(pretrain_epochs=1)": "ft",
+        "fsp(connector=True,pretrain_epochs=1)": "ce", "ab(pretrain_epochs=1)": "ce", "cc": "cc",
+        "kdsvd(connector=True)": "kdsvd", "srd": "srd_sr", "catkd(beta=1.0)": "cat",
     }
     for method, term in expected_terms.items():
         metrics = by_method[method].data.metrics
         assert f"loss.{term}" in metrics, (method, sorted(metrics))
-        has_extras = method.startswith(("fitnet", "crd"))
+        has_extras = method.startswith(("fitnet", "crd", "ctkd", "uskd", "dist_plus", "vid", "reviewkd", "ofd", "ft",
+                                        "fsp", "ab", "cc", "kdsvd", "srd"))
         assert (metrics["extra_params"] > 0) == has_extras, method
         assert metrics["params"] == by_method["baseline"].data.metrics["params"]  # extras are never deployed
+    for method, term in {"ft(pretrain_epochs=1)": "paraphraser", "fsp(connector=True,pretrain_epochs=1)": "fsp",
+                         "ab(pretrain_epochs=1)": "ab"}.items():  # pre-training phases, logged as their own epochs
+        assert f"pretrain.loss.{term}" in by_method[method].data.metrics, method
 
 
 def test_a_method_that_cannot_apply_fails_before_training(kdbench_env):

@@ -261,9 +261,9 @@ def test_fixtures_isolate_tracking_and_the_host(kdbench_env, kdbench_host, kdben
 def test_checks_outside_the_fixture_use_a_throwaway_store(monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://my-real-server:5000")
     monkeypatch.delenv("KDBENCH_TEST_TMP", raising=False)
-    from kdbench.testing import _tracking_for_check
+    from kdbench.testing.isolation import tracking_for_check
 
-    with _tracking_for_check(None) as uri:
+    with tracking_for_check(None) as uri:
         assert uri.startswith("sqlite:///") and "kdbench-test-" in uri
         assert os.environ["MLFLOW_TRACKING_URI"] == uri
         folder = uri.removeprefix("sqlite:///").rsplit("/", 1)[0]
@@ -271,3 +271,30 @@ def test_checks_outside_the_fixture_use_a_throwaway_store(monkeypatch):
     assert not os.path.exists(folder)
     with isolated_tracking() as uri:
         assert os.environ["KDBENCH_CACHE_DIR"].startswith(uri.removeprefix("sqlite:///").rsplit("/", 1)[0])
+
+
+def test_make_host_registers_ready_made_items_of_every_kind():
+    from kdbench.core.kinds import KINDS
+    from kdbench.testing import tiny_suite
+    from kdbench.testing.hosts import ITEMS_PLUGIN
+
+    items = [kdbench.Method("solo", kdbench.Distiller), kdbench.ModelPair("duo", "test_resnet", "test_efficientnet"),
+             kdbench.Dataset("few", tiny_data), kdbench.Hardware("here", "cpu"),
+             tiny_suite(name="mini"), kdbench.Executor("inline", lambda jobs, run_one: [run_one(j) for j in jobs])]
+    host = make_host(*items, first_party=False)
+    assert {k.registry: getattr(host, k.registry).names() for k in KINDS} == {
+        "methods": ["solo"], "pairs": ["duo"], "datasets": ["few"], "hardware": ["here"], "suites": ["mini"],
+        "executors": ["inline"]}
+    assert host.info[ITEMS_PLUGIN].hooks == sorted(k.hook for k in KINDS)
+
+
+def test_the_package_keeps_its_public_names():
+    """Plugin authors import these from kdbench.testing (it is also the pytest11 entry point)."""
+    import kdbench.testing as kit
+
+    for name in ("ContractError", "DatasetReport", "ExecutorReport", "HardwareReport", "MethodReport", "PairReport",
+                 "QUICK_MEASURE", "SuiteResult", "TINY_DATASET", "check_dataset", "check_executor", "check_hardware",
+                 "check_method", "check_pair", "echo_job", "isolated_tracking", "kdbench_env", "kdbench_host",
+                 "kdbench_suite", "kdbench_tracking_uri", "make_host", "pytest_configure", "run_tiny_suite",
+                 "tiny_data", "tiny_suite", "use_host"):
+        assert name in kit.__all__ and hasattr(kit, name), name

@@ -75,6 +75,7 @@ from kdbench.cli import leaderboard as _leaderboard  # noqa: E402
 from kdbench.cli import list as _list  # noqa: E402
 from kdbench.cli import plugins as _plugins  # noqa: E402
 from kdbench.cli import report as _report  # noqa: E402
+from kdbench.cli import reproduce as _reproduce  # noqa: E402
 from kdbench.cli import run as _run  # noqa: E402
 
 

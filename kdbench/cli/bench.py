@@ -1,231 +1,25 @@
 """``kdbench bench MODEL…``: measure models on hardware targets without training.
 
-A MODEL is one of:
-
-- a timm model name (``resnet18``): built with random weights (speed does not
-  depend on the values);
-- ``ARCH=PATH``: a ``state_dict`` file (such as a cell's ``student.pt``
-  artifact) loaded into timm architecture ARCH; the number of classes is read
-  from the classifier's weight unless ``--num-classes`` says it;
-- ``PATH``: a kdbench checkpoint with metadata, written by :func:`save_model`
-  (``{"kdbench_model": 1, "arch", "state_dict", "num_classes", "input_size", "model_kwargs"}``);
-- ``runs:/RUN_ID``: the ``student.pt`` artifact of a kdbench cell run in MLflow,
-  with the architecture from the run's ``kdbench.student`` tag.
+A MODEL is a timm name, ``ARCH=PATH`` (a state_dict), ``PATH`` (a kdbench
+checkpoint) or ``runs:/RUN_ID`` (a cell run's student); see
+:mod:`kdbench.measurement.models_io`, which loads them. This module parses the
+options, measures (:mod:`kdbench.measurement.measure`), prints, and logs with
+:meth:`kdbench.record.writer.Writer.log_bench`.
 """
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import click
 
-from kdbench.core.errors import ConfigError, KdbenchError
 from kdbench.cli import cli, host_from
-
-CHECKPOINT_FORMAT = 1
-DEFAULT_INPUT_SIZE = (3, 224, 224)
-ROLE_BENCH = "bench"
-BENCH_SUITE = "bench"  # MLflow experiment kdbench/bench
-
-
-@dataclass
-class LoadedModel:
-    label: str  # what the user typed (shortened for paths)
-    arch: str
-    source: str  # "timm", "state_dict", "checkpoint", "mlflow"
-    model: Any
-    num_classes: int
-    input_size: tuple[int, int, int]
-    details: dict[str, Any] = field(default_factory=dict)
-
-
-# --------------------------------------------------------------------------- saving / loading
-
-
-def save_model(path: str | os.PathLike, model, arch: str, num_classes: int, input_size: tuple[int, int, int],
-               **model_kwargs: Any) -> None:
-    """Save ``model`` as a kdbench checkpoint that ``kdbench bench PATH`` can load on its own."""
-    import torch
-
-    torch.save({
-        "kdbench_model": CHECKPOINT_FORMAT, "arch": arch, "state_dict": model.state_dict(),
-        "num_classes": int(num_classes), "input_size": [int(v) for v in input_size], "model_kwargs": model_kwargs,
-    }, path)
-
-
-def parse_input_size(text: str | None) -> tuple[int, int, int] | None:
-    if text is None:
-        return None
-    try:
-        parts = tuple(int(p) for p in text.replace("x", ",").split(",") if p.strip())
-    except ValueError:
-        parts = ()
-    if len(parts) != 3 or min(parts) <= 0:
-        raise ConfigError(f"invalid --input-size {text!r}: write C,H,W, e.g. 3,224,224")
-    return parts  # type: ignore[return-value]
-
-
-def _default_input_size(arch: str) -> tuple[int, int, int]:
-    try:
-        import timm
-
-        cfg = timm.models.get_pretrained_cfg(arch)
-        size = getattr(cfg, "input_size", None)
-        if size and len(size) == 3:
-            return tuple(int(v) for v in size)  # type: ignore[return-value]
-    except Exception:
-        pass
-    return DEFAULT_INPUT_SIZE
-
-
-def _classifier_classes(arch: str, state_dict: dict, input_size, model_kwargs: dict) -> int | None:
-    """Rows of the classifier weight in ``state_dict``, found through timm's ``get_classifier``."""
-    from kdbench.engine.models import create_model
-
-    probe = create_model(arch, 1000, input_size, **model_kwargs)
-    get = getattr(probe, "get_classifier", None)
-    head = get() if callable(get) else None
-    weight = getattr(head, "weight", None)
-    if weight is None:
-        return None
-    for name, param in probe.named_parameters():
-        if param is weight and name in state_dict:
-            return int(state_dict[name].shape[0])
-    return None
-
-
-def _build(arch: str, num_classes: int, input_size, model_kwargs: dict, state_dict: dict | None, where: str):
-    from kdbench.engine.models import create_model
-
-    model = create_model(arch, num_classes, input_size, **model_kwargs)
-    if state_dict is not None:
-        try:
-            model.load_state_dict(state_dict)
-        except RuntimeError as exc:
-            detail = " ".join(str(exc).split())[:300]
-            raise KdbenchError(f"{where}: the weights do not fit timm model {arch!r}: {detail}") from None
-    return model.eval()
-
-
-def _torch_load(path: str):
-    import torch
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise KdbenchError(f"no model file {path!r}") from None
-    except Exception as exc:
-        raise KdbenchError(f"cannot load {path!r} as a torch checkpoint (weights_only): "
-                           f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
-
-
-def _from_state_dict(label: str, arch: str, state_dict: Any, where: str, num_classes: int | None,
-                     input_size, model_kwargs: dict, source: str, details: dict) -> LoadedModel:
-    if not isinstance(state_dict, dict) or not all(hasattr(v, "shape") for v in state_dict.values()):
-        raise KdbenchError(f"{where} is not a state_dict (a mapping of parameter names to tensors)")
-    size = input_size or _default_input_size(arch)
-    classes = num_classes or _classifier_classes(arch, state_dict, size, model_kwargs) or 1000
-    model = _build(arch, classes, size, model_kwargs, state_dict, where)
-    return LoadedModel(label, arch, source, model, classes, size, details)
-
-
-def load_model(ref: str, num_classes: int | None = None, input_size: tuple[int, int, int] | None = None,
-               tracking_uri: str | None = None) -> LoadedModel:
-    """Resolve one MODEL argument (see the module docstring) to a model in eval mode on CPU."""
-    if ref.startswith("runs:/"):
-        return _from_run(ref, num_classes, input_size, tracking_uri)
-    if "=" in ref:
-        arch, path = ref.split("=", 1)
-        sd = _torch_load(path)
-        if isinstance(sd, dict) and sd.get("kdbench_model"):
-            sd = sd["state_dict"]
-        return _from_state_dict(f"{arch}={Path(path).name}", arch, sd, repr(path), num_classes, input_size, {},
-                                "state_dict", {"path": path})
-    if os.path.exists(ref) or ref.endswith((".pt", ".pth")):
-        ckpt = _torch_load(ref)
-        if not (isinstance(ckpt, dict) and ckpt.get("kdbench_model")):
-            raise KdbenchError(f"{ref!r} is a bare state_dict without its architecture; name it as ARCH={ref} "
-                               "(e.g. resnet18=student.pt)")
-        size = input_size or tuple(ckpt.get("input_size") or ()) or None
-        return _from_state_dict(Path(ref).name, ckpt["arch"], ckpt["state_dict"], repr(ref),
-                                num_classes or ckpt.get("num_classes"), size, dict(ckpt.get("model_kwargs") or {}),
-                                "checkpoint", {"path": ref})
-    size = input_size or _default_input_size(ref)
-    classes = num_classes or 1000
-    return LoadedModel(ref, ref, "timm", _build(ref, classes, size, {}, None, ref), classes, size)
-
-
-def _from_run(ref: str, num_classes, input_size, tracking_uri) -> LoadedModel:
-    import yaml
-
-    from kdbench.record import tracking as tr
-
-    rest = ref.removeprefix("runs:/").strip("/")
-    run_id, _, artifact = rest.partition("/")
-    artifact = artifact or "student.pt"
-    c = tr.client(tracking_uri)
-    try:
-        run = c.get_run(run_id)
-    except Exception:
-        raise KdbenchError(f"no MLflow run {run_id!r} in {tr.tracking_uri()}") from None
-    tags, params = run.data.tags, run.data.params
-    arch = tags.get(tr.TAG + "student")
-    if not arch:
-        raise KdbenchError(f"run {run_id} has no {tr.TAG}student tag; use ARCH=PATH with its {artifact} instead")
-    kwargs: dict[str, Any] = {}
-    if params.get("student_kwargs", "{}") not in ("{}", ""):
-        kwargs.update(json.loads(params["student_kwargs"]))
-    for key, value in params.items():
-        if key.startswith("student_kwargs."):
-            kwargs[key.removeprefix("student_kwargs.")] = yaml.safe_load(value)
-    if input_size is None and tags.get(tr.TAG + "input_size"):
-        input_size = parse_input_size(tags[tr.TAG + "input_size"])
-    if input_size is None:
-        raise KdbenchError(f"say the input size of run {run_id} (its dataset's), e.g. --input-size 3,32,32")
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            local = c.download_artifacts(run_id, artifact, tmp)
-        except Exception as exc:
-            raise KdbenchError(f"run {run_id} has no artifact {artifact!r}: {str(exc).splitlines()[0][:200]}") from None
-        sd = _torch_load(local)
-    return _from_state_dict(f"{arch}@{run_id[:8]}", arch, sd, f"run {run_id} {artifact}", num_classes, input_size,
-                            kwargs, "mlflow", {"run_id": run_id})
-
-
-# --------------------------------------------------------------------------- targets
+from kdbench.core.errors import ConfigError
+from kdbench.measurement.models_io import LoadedModel
 
 
 def _split(values: tuple[str, ...]) -> list[str]:
     return [p.strip() for v in values for p in v.split(",") if p.strip()]
-
-
-def variant(hw, *, precisions: list[str] | None = None, compile_: bool = False, channels_last: bool = False,
-            threads: int | None = None):
-    """``hw`` with the command-line overrides; the name says what changed (``cpu-compile-cl``)."""
-    import torch
-
-    changes: dict[str, Any] = {}
-    name = hw.name
-    if threads and torch.device(hw.device).type == "cpu" and threads != hw.threads:
-        changes["threads"] = threads
-        name = f"{name.removesuffix('-1t')}-{threads}t"
-    if compile_ and hw.mode != "compile":
-        changes["mode"] = "compile"
-        name += "-compile"
-    if channels_last and hw.memory_format != "channels_last":
-        changes["memory_format"] = "channels_last"
-        name += "-cl"
-    if precisions:
-        changes["precisions"] = tuple(precisions)
-        changes["precision"] = precisions[0]
-    if changes:
-        changes["name"] = name
-        return replace(hw, **changes)
-    return hw
 
 
 # --------------------------------------------------------------------------- output
@@ -292,7 +86,7 @@ def _print(console, loaded: LoadedModel, static: dict, results: list) -> None:
 @click.option("--hardware", multiple=True, help="Targets, comma-separated (default: cpu). See `kdbench list hardware`.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True, help="Latency batch size.")
 @click.option("--throughput-batch-size", type=click.IntRange(min=0), help="Large batch for throughput (0: none). [default: 32]")
-@click.option("--input-size", help="C,H,W (default: the checkpoint's, else timm's default for the architecture).")
+@click.option("--input-size", help="C,H,W (default: the checkpoint's or the run's, else timm's default for the architecture).")
 @click.option("--num-classes", type=click.IntRange(min=1), help="Classes of the head (default: from the weights, else 1000).")
 @click.option("--precision", "precisions", multiple=True,
               help="Precisions, comma-separated: fp32, bf16, fp16 (autocast), int8 (already quantized). "
@@ -317,9 +111,11 @@ def bench_command(ctx: click.Context, models, hardware, batch_size, throughput_b
     """
     from rich.console import Console
 
-    from kdbench.measurement import environment as envmod
     from kdbench.core.config import MeasureSpec
+    from kdbench.measurement import environment as envmod
     from kdbench.measurement.measure import PRECISIONS, measure_targets, result_tags, static_metrics
+    from kdbench.measurement.models_io import load_model, parse_input_size
+    from kdbench.measurement.targets import variant
 
     if tracking_uri:
         import mlflow
@@ -371,38 +167,24 @@ def bench_command(ctx: click.Context, models, hardware, batch_size, throughput_b
         click.echo(json.dumps({"environment": env, "measure": spec.model_dump(), "models": report},
                               indent=2, default=str))
     if logged:
-        from kdbench.record import tracking as tr
+        from kdbench.record.client import tracking_uri
+        from kdbench.record.schema import BENCH_SUITE, experiment_name
 
-        click.echo(f"logged {len(logged)} run(s) to MLflow experiment {tr.experiment_name(BENCH_SUITE)!r} "
-                   f"({tr.tracking_uri()}): {', '.join(logged)}", err=True)
+        click.echo(f"logged {len(logged)} run(s) to MLflow experiment {experiment_name(BENCH_SUITE)!r} "
+                   f"({tracking_uri()}): {', '.join(logged)}", err=True)
 
 
 def _log(host, item: LoadedModel, static: dict, results: list, tags: dict, spec, targets, env: dict) -> str:
-    from kdbench.record import tracking as tr
     from kdbench.measurement.environment import environment_tags
     from kdbench.measurement.measure import MACS_COUNTER
+    from kdbench.record.writer import Writer
 
-    c = tr.client()
-    exp = tr.ensure_experiment(c, tr.experiment_name(BENCH_SUITE))
-    run_tags = {
-        tr.TAG + "role": ROLE_BENCH, tr.TAG + "model": item.label, tr.TAG + "arch": item.arch,
-        tr.TAG + "model_source": item.source, tr.TAG + "macs_counter": MACS_COUNTER,
-        tr.TAG + "input_size": ",".join(map(str, item.input_size)),
-        **{tr.TAG + f"model_{k}": v for k, v in item.details.items()},
-        **tr.environment_tags(host.plugin_versions()), **environment_tags(env), **tags,
-    }
-    run_id = tr.start_run(c, exp, f"bench/{item.label}", run_tags)
-    try:
-        tr.log_params(c, run_id, {
-            "arch": item.arch, "num_classes": item.num_classes, "input_size": list(item.input_size),
-            "hardware": [t.name for t in targets], **tr.flatten(spec.model_dump(), "measure."),
-        })
-        metrics = dict(static)
-        for r in results:
-            metrics.update(r.metrics)
-        tr.log_metrics(c, run_id, metrics)
-    except BaseException:
-        c.set_terminated(run_id, "FAILED")
-        raise
-    c.set_terminated(run_id, "FINISHED")
-    return run_id
+    metrics = dict(static)
+    for r in results:
+        metrics.update(r.metrics)
+    return Writer.connect().log_bench(
+        label=item.label, arch=item.arch, source=item.source, input_size=item.input_size,
+        num_classes=item.num_classes, details=item.details, macs_counter=MACS_COUNTER,
+        plugin_versions=host.plugin_versions(), environment=environment_tags(env), measure_tags=tags,
+        hardware=[t.name for t in targets], measure=spec.model_dump(), metrics=metrics,
+    )

@@ -9,32 +9,21 @@ from rich.console import Console
 from rich.table import Table
 
 from kdbench.cli import cli, host_from
+from kdbench.core.kinds import KINDS as ITEM_KINDS
+from kdbench.core.kinds import kind as find_kind
 
-KINDS = ("methods", "pairs", "datasets", "hardware", "suites", "executors", "plugins")
+KINDS = tuple(k.registry for k in ITEM_KINDS) + ("plugins",)
+PLUGIN_COLUMNS = ("name", "status", "source", "distribution", "version", "hooks", "error")
 
 
-def _rows(host, kind: str) -> list[dict]:
-    if kind == "methods":
-        return [{"name": m.name, "kind": m.kind, "summary": m.summary, "paper": m.paper, "options": m.defaults(),
-                 "plugin": host.methods.owner(m.name)} for m in host.methods]
-    if kind == "pairs":
-        return [{"name": p.name, "teacher": p.teacher, "student": p.student, "summary": p.summary,
-                 "plugin": host.pairs.owner(p.name)} for p in host.pairs]
-    if kind == "datasets":
-        return [{"name": d.name, "needs_root": d.needs_root, "summary": d.summary,
-                 "plugin": host.datasets.owner(d.name)} for d in host.datasets]
-    if kind == "hardware":
-        return [{"name": h.name, "device": h.device, "threads": h.threads, "precision": h.precision,
-                 "available": h.probe() is None, "reason": h.probe() or "", "plugin": host.hardware.owner(h.name)}
-                for h in host.hardware]
-    if kind == "suites":
-        return [{"name": s.name, "version": s.version, "description": s.description,
-                 "methods": [str(m) for m in s.methods], "pairs": [str(p) for p in s.pairs],
-                 "datasets": [str(d) for d in s.datasets], "seeds": s.seeds, "hardware": s.hardware,
-                 "epochs": s.recipe.epochs, "source": s.source, "plugin": host.suites.owner(s.name)} for s in host.suites]
-    if kind == "executors":
-        return [{"name": e.name, "summary": e.summary, "plugin": host.executors.owner(e.name)} for e in host.executors]
-    return plugin_rows(host)
+def rows(host, kind: str) -> list[dict]:
+    """The rows of ``kdbench list KIND --json``: one per registered item (with the plugin that registered it),
+    or one per plugin for ``plugins``."""
+    if kind == "plugins":
+        return plugin_rows(host)
+    k = find_kind(kind)
+    registry = getattr(host, k.registry)
+    return [{**k.describe(item), "plugin": registry.owner(item.name)} for item in registry]
 
 
 def plugin_rows(host) -> list[dict]:
@@ -70,32 +59,30 @@ def plugin_rows(host) -> list[dict]:
 @cli.command("list")
 @click.argument("kind", type=click.Choice(KINDS))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--family", default=None, metavar="NAME",
+              help="methods only: those of this family (logits, features, relations, contrastive).")
 @click.pass_context
-def list_command(ctx: click.Context, kind: str, as_json: bool) -> None:
+def list_command(ctx: click.Context, kind: str, as_json: bool, family: str | None) -> None:
     """List registered methods, pairs, datasets, hardware, suites, executors or plugins."""
-    host = host_from(ctx)
-    rows = _rows(host, kind)
+    found = rows(host_from(ctx), kind)
+    if family is not None:
+        if kind != "methods":
+            raise click.UsageError("--family filters `kdbench list methods` only")
+        found = [r for r in found if r.get("family") == family]
     if as_json:
-        click.echo(json.dumps(rows, indent=2, default=str))
+        click.echo(json.dumps(found, indent=2, default=str))
         return
-    columns = {
-        "methods": ["name", "kind", "summary", "options", "plugin"],
-        "pairs": ["name", "teacher", "student", "summary"],
-        "datasets": ["name", "needs_root", "summary", "plugin"],
-        "hardware": ["name", "device", "threads", "precision", "available", "reason"],
-        "suites": ["name", "version", "methods", "pairs", "datasets", "seeds", "epochs", "plugin"],
-        "executors": ["name", "summary", "plugin"],
-        "plugins": ["name", "status", "source", "distribution", "version", "hooks", "error"],
-    }[kind]
+    columns = PLUGIN_COLUMNS if kind == "plugins" else find_kind(kind).columns
     table = Table(title=f"kdbench {kind}", show_lines=False)
     for col in columns:
         table.add_column(col, overflow="fold")
-    for row in rows:
-        table.add_row(*[_cell(row.get(col)) for col in columns])
+    for row in found:
+        table.add_row(*[cell_text(row.get(col)) for col in columns])
     Console(width=200 if not Console().is_terminal else None).print(table)
 
 
-def _cell(value) -> str:
+def cell_text(value) -> str:
+    """A JSON row value as table text: lists joined with commas, dicts as k=v."""
     if value is None:
         return ""
     if isinstance(value, (list, tuple)):

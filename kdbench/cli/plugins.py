@@ -8,9 +8,10 @@ from rich.console import Console
 from rich.table import Table
 
 from kdbench.cli import cli, host_from
-from kdbench.cli.list import _cell, plugin_rows
+from kdbench.cli.list import cell_text, plugin_rows
+from kdbench.core.kinds import SCAFFOLD_KINDS
 
-KINDS = ("method", "dataset", "pair", "hardware", "executor")
+KINDS = tuple(k.name for k in SCAFFOLD_KINDS)  # the kinds `plugins new` has a template for
 
 
 @cli.group("plugins", invoke_without_command=True)
@@ -34,7 +35,7 @@ def plugins_group(ctx: click.Context, as_json: bool) -> None:
         dist = f"{r['distribution']} {r['version'] or ''}".strip() if r.get("distribution") else r.get("location") or ""
         registers = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in (r.get("registered") or {}).items())
         status = "[red]broken[/red]" if r["status"] == "broken" else r["status"]
-        table.add_row(r["name"], status, r["source"], dist, _cell(r.get("hooks")), registers, r.get("error") or "")
+        table.add_row(r["name"], status, r["source"], dist, cell_text(r.get("hooks")), registers, r.get("error") or "")
     Console(width=200 if not Console().is_terminal else None).print(table)
 
 
@@ -50,17 +51,10 @@ def new_command(ctx: click.Context, name: str, kind: str, directory: str | None)
     The package has a pyproject.toml with the `kdbench` entry point, the plugin
     module with a working example, tests using kdbench.testing, and a README.
     """
-    from kdbench.authoring.scaffold import RUN_COMMAND, _REGISTRY, create
+    from kdbench.authoring.scaffold import create, next_steps
 
     root, files = create(name, kind, directory, host=host_from(ctx))
     click.echo(f"wrote {kind} plugin {name!r} to {root}:")
     for path in files:
         click.echo(f"  {path.relative_to(root)}")
-    run = RUN_COMMAND[kind].replace("__NAME__", name)
-    click.echo(
-        "\nnext:\n"
-        f"  pip install -e {root}\n"
-        f"  kdbench list {_REGISTRY[kind]}\n"
-        f"  {run}\n"
-        f"  cd {root} && pytest"
-    )
+    click.echo("\nnext:\n" + "\n".join(f"  {step}" for step in next_steps(name, kind, root)))

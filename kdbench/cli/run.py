@@ -22,14 +22,14 @@ def _names(values: tuple[str, ...]) -> list[str] | None:
     return [p.strip() for v in values for p in split_top_level(v) if p.strip()]
 
 
-def _seeds(values: tuple[str, ...]) -> list[int] | None:
+def _seeds(values: tuple[str, ...], flag: str = "--seeds") -> list[int] | None:
     names = _names(values)
     if names is None:
         return None
     try:
         return [int(s) for s in names]
     except ValueError:
-        raise ConfigError(f"invalid --seeds {','.join(names)!r}: seeds are integers, e.g. --seeds 0,1,2") from None
+        raise ConfigError(f"invalid {flag} {','.join(names)!r}: seeds are integers, e.g. {flag} 0,1,2") from None
 
 
 def _checkpoints(values: tuple[str, ...], pairs: list[str]) -> dict[str, str]:
@@ -52,7 +52,9 @@ def _checkpoints(values: tuple[str, ...], pairs: list[str]) -> dict[str, str]:
 @click.option("--datasets", multiple=True, help="Datasets, comma-separated; options as cifar100(root=PATH).")
 @click.option("--seeds", multiple=True, help="Seeds, comma-separated, e.g. 0,1,2.")
 @click.option("--hardware", multiple=True, help="Measurement targets, comma-separated.")
-@click.option("--epochs", type=int, help="Training epochs (students and harness-trained teachers); warm-up and lr milestones scale with it.")
+@click.option("--epochs", type=int, help="Students' training epochs; warm-up and lr milestones scale with it (teachers keep theirs).")
+@click.option("--teacher-epochs", type=int, help="Epochs of the teachers the harness trains (scaled like --epochs).")
+@click.option("--teacher-seeds", multiple=True, help="Teacher seeds, comma-separated: one per student seed (matched), else every pair.")
 @click.option("--batch-size", type=int, help="Training batch size.")
 @click.option("--lr", type=float, help="Base learning rate.")
 @click.option("--device", help="Training device: auto, cpu, cuda, cuda:N, mps.")
@@ -65,11 +67,13 @@ def _checkpoints(values: tuple[str, ...], pairs: list[str]) -> dict[str, str]:
 @click.option("--dry-run", is_flag=True, help="Print the cells and exit.")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: print the cells as JSON.")
 @click.pass_context
-def run_command(ctx: click.Context, suite: str, methods, pairs, datasets, seeds, hardware, epochs, batch_size, lr,
+def run_command(ctx: click.Context, suite: str, methods, pairs, datasets, seeds, hardware, epochs, teacher_epochs,
+                teacher_seeds, batch_size, lr,
                 device, executor, data_dir, teacher_checkpoint, teacher_pretrained, tracking_uri, force, dry_run,
                 as_json) -> None:
     """Run SUITE (default: the `default` suite), a registered name or a YAML file."""
-    from kdbench.record import tracking as tr
+    from kdbench.record.client import tracking_uri as current_tracking_uri
+    from kdbench.record.schema import experiment_name
     from kdbench.running.runner import Overrides, describe_cells, prepare, run_suite
 
     if tracking_uri:
@@ -86,7 +90,8 @@ def run_command(ctx: click.Context, suite: str, methods, pairs, datasets, seeds,
         methods=_names(methods), pairs=pair_names, datasets=_names(datasets), seeds=_seeds(seeds),
         hardware=_names(hardware), epochs=epochs, batch_size=batch_size, lr=lr, device=device, executor=executor,
         data_dir=data_dir, teacher_checkpoints=_checkpoints(teacher_checkpoint, pair_names or []),
-        teacher_pretrained=teacher_pretrained,
+        teacher_pretrained=teacher_pretrained, teacher_seeds=_seeds(teacher_seeds, "--teacher-seeds"),
+        teacher_epochs=teacher_epochs,
     )
     spec, cells = prepare(host, suite, overrides)
     if dry_run:
@@ -104,7 +109,7 @@ def run_command(ctx: click.Context, suite: str, methods, pairs, datasets, seeds,
 
     console = Console(stderr=True, highlight=False)
     console.print(f"kdbench: suite {spec.name} v{spec.version}, {len(cells)} cells, "
-                  f"training on {cells[0].device}, tracking {tr.tracking_uri()}")
+                  f"training on {cells[0].device}, tracking {current_tracking_uri()}")
     result = run_suite(host, spec, cells, force=force)
 
     table = Table(title=f"suite {spec.name}: {len(cells)} cells in {result.seconds:.0f}s")
@@ -115,7 +120,7 @@ def run_command(ctx: click.Context, suite: str, methods, pairs, datasets, seeds,
         table.add_row(r.cell.label, r.cell.short_hash, r.status, top1, f"{r.seconds:.0f}s" if r.seconds else "")
     Console(width=200 if not Console().is_terminal else None).print(table)
     where = f"run {result.parent_run_id}" if result.parent_run_id else "nothing new to run (use --force to rerun)"
-    click.echo(f"MLflow experiment {tr.experiment_name(spec.name)!r}, {where}; "
+    click.echo(f"MLflow experiment {experiment_name(spec.name)!r}, {where}; "
                f"see it with `kdbench leaderboard {spec.name}` or `mlflow ui`")
     if result.failed:
         click.echo(f"{len(result.failed)} cell(s) failed:", err=True)
@@ -128,11 +133,13 @@ def _finished_if_tracked(suite: str) -> dict[str, str]:
     """Finished cells for the dry run, without creating a tracking store that is not there."""
     from pathlib import Path
 
-    from kdbench.record import tracking as tr
+    from kdbench.record import reader
+    from kdbench.record.client import client, tracking_uri
+    from kdbench.record.schema import experiment_name
 
-    uri = tr.tracking_uri()
+    uri = tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         return {}
-    c = tr.client()
-    exp = c.get_experiment_by_name(tr.experiment_name(suite))
-    return tr.finished_spec_hashes(c, exp.experiment_id) if exp else {}
+    c = client()
+    exp = c.get_experiment_by_name(experiment_name(suite))
+    return reader.finished_spec_hashes(c, exp.experiment_id) if exp else {}

@@ -28,12 +28,15 @@ class Outputs:
     # filled when the distiller sets ``needs_pre_logits``; None otherwise.
     pre_logits: torch.Tensor | None = None
     # Filled when the distiller sets ``needs_head``: the unpooled map the head
-    # pools (timm ``forward_features``) and the model's classifier (timm
-    # ``get_classifier()``), to apply it elsewhere (class activation maps, a
-    # teacher's classifier on student features). Lent for this step only: never
-    # keep it; the teacher's head is frozen (gradients flow through it, not into it).
+    # pools (timm ``forward_features``), the model's head as a function of such
+    # a map (timm ``forward_head``: pooling and classifier) and its classifier
+    # module (timm ``get_classifier()``), to apply them elsewhere (class
+    # activation maps, a teacher's head on student features). Lent for this
+    # step only: never keep them; the teacher's are frozen (gradients flow
+    # through them, never into them).
     final_map: torch.Tensor | None = None
-    head: nn.Module | None = None
+    head: Callable[..., torch.Tensor] | None = None
+    classifier: nn.Module | None = None
 
 
 @dataclass
@@ -79,12 +82,13 @@ class Distiller(nn.Module):
     - ``needs_pre_logits``: also hand over the pooled penultimate features
       (``Outputs.pre_logits``, what the classifier sees), for methods that
       distil the embedding (CRD, PKT, RKD);
-    - ``preact_features``: take the stage taps before the activation that ends
-      each stage (RepDistiller's/mdistiller's ``preact=True``, for OFD, AB,
-      ReviewKD's teacher); ``kdbench.engine.models.preact_unsupported(model)``
-      says why a model cannot (check it in ``check_pair``);
-    - ``needs_head``: also hand over each model's classifier and the map it
-      pools (``Outputs.head``, ``Outputs.final_map``);
+    - ``student_preact`` / ``teacher_preact``: take that model's stage taps
+      before the activation that ends each stage (RepDistiller's/mdistiller's
+      ``preact=True``: OFD and AB on both models, ReviewKD on the teacher);
+      ``kdbench.engine.models.preact_unsupported(model)`` says why a model
+      cannot (call it in ``check_pair``);
+    - ``needs_head``: also hand over each model's head, classifier and the map
+      they pool (``Outputs.head``, ``Outputs.classifier``, ``Outputs.final_map``);
     - extra trainable modules, created in ``setup`` as attributes of ``self``.
       They are optimised with the student, never deployed, and their parameter
       count is reported as ``extra_params``;
@@ -109,7 +113,8 @@ class Distiller(nn.Module):
     needs_teacher: bool = True
     needs_pre_logits: bool = False
     needs_head: bool = False
-    preact_features: bool = False
+    student_preact: bool = False
+    teacher_preact: bool = False
     student_stages: Sequence[int] = ()
     teacher_stages: Sequence[int] = ()
     pretrain_epochs: int = 0

@@ -163,6 +163,14 @@ class Recipe(BaseModel):
     amp: bool = True  # CUDA only: bf16/fp16 autocast; ignored on CPU
     channels_last: bool = True  # CUDA only
     workers: int = Field(0, ge=0)  # DataLoader workers; 0 keeps runs deterministic
+    threads: int | None = Field(None, gt=0)  # torch intra-op threads while training; None: torch's default
+
+    def canonical(self) -> dict[str, Any]:
+        """The recipe as it enters hashes and cache keys: an unset ``threads`` leaves them as they were."""
+        data = self.model_dump(mode="json")
+        if data["threads"] is None:
+            del data["threads"]
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> Recipe:
@@ -175,13 +183,64 @@ class Recipe(BaseModel):
 
 
 class TeacherSpec(BaseModel):
-    """Where teachers come from: trained and cached (default), a checkpoint, or timm weights."""
+    """A cell's teacher: trained and cached (default), a checkpoint, or timm weights.
+
+    One teacher per (arch, dataset, recipe, seed); cells with the same one share it.
+    """
 
     model_config = ConfigDict(extra="forbid")
-    recipe: Recipe | None = None  # None: the suite's recipe
-    seed: int = 0  # one teacher per (arch, dataset, recipe, seed), shared by all cells
+    recipe: Recipe | None = None  # None: the cell's recipe
+    seed: int = 0  # the draw of this cell's teacher
     checkpoints: dict[str, str] = Field(default_factory=dict)  # pair name → path
     pretrained: bool = False  # timm pretrained weights (needs the hub or its cache)
+
+
+TeacherPairing = Literal["matched", "fixed", "cross"]
+
+
+class SuiteTeacher(TeacherSpec):
+    """The suite's teachers, and which teacher each student seed trains against.
+
+    ``pairing``: ``matched`` (the default) gives student seed ``seeds[i]`` the
+    teacher of seed ``teacher.seeds[i]`` (or of the same seed when
+    ``teacher.seeds`` is not given), so the spread over seeds includes the
+    teacher's; ``cross`` trains every student seed against every teacher seed;
+    ``fixed`` shares one teacher (``teacher.seed``, default 0) among all cells.
+    A suite that gives ``seed`` and no ``seeds`` keeps one teacher (``fixed``).
+    """
+
+    seed: int | None = None  # type: ignore[assignment]
+    seeds: list[int] | None = Field(default=None, min_length=1)
+    pairing: TeacherPairing | None = None
+
+    @property
+    def rule(self) -> TeacherPairing:
+        if self.pairing is not None:
+            return self.pairing
+        return "fixed" if self.seed is not None and self.seeds is None else "matched"
+
+    def seeds_for(self, student_seeds: list[int]) -> list[list[int]]:
+        """The teacher seeds each student seed trains against (a list per student seed)."""
+        rule = self.rule
+        if rule == "fixed":
+            one = self.seed if self.seed is not None else (self.seeds[0] if self.seeds else 0)
+            return [[one] for _ in student_seeds]
+        if rule == "cross":
+            pool = self.seeds or [self.seed if self.seed is not None else 0]
+            return [list(pool) for _ in student_seeds]
+        if self.seeds is None:
+            return [[s] for s in student_seeds]
+        if len(self.seeds) != len(student_seeds):
+            raise ConfigError(
+                f"teacher.seeds {self.seeds} has {len(self.seeds)} teacher(s) for {len(student_seeds)} student seed(s) "
+                f"{student_seeds}: pairing 'matched' needs one teacher per student seed (give as many with "
+                "--teacher-seeds, or use teacher.pairing 'cross' or 'fixed')"
+            )
+        return [[t] for t in self.seeds]
+
+    def for_cell(self, seed: int) -> TeacherSpec:
+        """The cell-level spec of the teacher of seed ``seed`` (what enters the cell's hash)."""
+        return TeacherSpec(recipe=self.recipe, seed=seed, checkpoints=self.checkpoints, pretrained=self.pretrained)
 
 
 class MeasureSpec(BaseModel):
@@ -191,6 +250,8 @@ class MeasureSpec(BaseModel):
     ``min_run_time`` seconds and ``min_calls`` calls are reached (or
     ``max_run_time`` passes). Throughput: the same at ``throughput_batch_size``
     (0 turns it off) for ``throughput_min_run_time`` and at least 3 calls.
+    The measurement phase spreads both over ``rounds`` interleaved rounds
+    (``kdbench.measurement.phase``).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -201,6 +262,7 @@ class MeasureSpec(BaseModel):
     max_run_time: float = Field(5.0, gt=0)  # stop latency timing after this, even below min_calls
     throughput_batch_size: int = Field(32, ge=0)  # large batch for throughput; 0: no throughput run
     throughput_min_run_time: float = Field(0.5, gt=0)  # seconds of throughput timing
+    rounds: int = Field(3, gt=0)  # interleaved rounds of the measurement phase; the time above is spread over them
 
 
 class Resources(BaseModel):
@@ -235,7 +297,7 @@ class Suite(BaseModel):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     hardware: list[str] = Field(default_factory=lambda: ["cpu"])
     recipe: Recipe = Field(default_factory=Recipe)
-    teacher: TeacherSpec = Field(default_factory=TeacherSpec)
+    teacher: SuiteTeacher = Field(default_factory=SuiteTeacher)
     measure: MeasureSpec = Field(default_factory=MeasureSpec)
     device: str = "auto"  # training device: auto, cpu, cuda, cuda:N, mps
     executor: str = "local"
@@ -276,6 +338,9 @@ class CellSpec(BaseModel):
 
     def canonical(self) -> dict[str, Any]:
         data = self.model_dump(mode="json", exclude=set(self._UNHASHED))
+        data["recipe"] = self.recipe.canonical()
+        if self.teacher.recipe is not None:
+            data["teacher"]["recipe"] = self.teacher.recipe.canonical()
         data["method"] = self.method.model_dump(mode="json")
         data["dataset"] = self.dataset.model_dump(mode="json")
         return data
@@ -293,7 +358,15 @@ class CellSpec(BaseModel):
 
     @property
     def label(self) -> str:
-        return f"{self.method}/{self.pair}/{self.dataset}/seed{self.seed}"
+        teacher = "" if self.teacher.seed == self.seed or self.teacher_source != "trained" else f"/teacher{self.teacher.seed}"
+        return f"{self.method}/{self.pair}/{self.dataset}/seed{self.seed}{teacher}"
+
+    @property
+    def teacher_source(self) -> str:
+        """``checkpoint``, ``pretrained`` (timm weights, fine-tuned) or ``trained`` (by the harness)."""
+        if self.teacher.checkpoints.get(self.pair):
+            return "checkpoint"
+        return "pretrained" if self.teacher.pretrained else "trained"
 
 
 def format_validation_error(err: ValidationError, where: str) -> str:

@@ -8,7 +8,8 @@ entry-point name, or the file stem for loose files.
 
 A plugin that fails to import, names a hook that does not exist, or raises
 while registering is recorded in :attr:`PluginHost.broken` with its error;
-the other plugins still load.
+the other plugins still load. There is one registry, and one registration
+hook, per kind in :data:`kdbench.core.kinds.KINDS`.
 """
 from __future__ import annotations
 
@@ -29,18 +30,15 @@ import pluggy
 
 from kdbench.core import hookspecs
 from kdbench.core.api import Dataset, Executor, Hardware, Method, ModelPair
-from kdbench.core.config import Suite, load_suite_file
+from kdbench.core.config import Suite
 from kdbench.core.errors import KdbenchError
+from kdbench.core.kinds import KINDS, kind
 from kdbench.core.registry import Registry, did_you_mean
 
-REGISTRATION_HOOKS = (
-    ("register_methods", "methods"),
-    ("register_model_pairs", "pairs"),
-    ("register_datasets", "datasets"),
-    ("register_hardware", "hardware"),
-    ("register_suites", "suites"),
-    ("register_executors", "executors"),
-)
+#: (registration hook, registry attribute) of every kind, in the order :meth:`PluginHost.collect` calls them.
+REGISTRATION_HOOKS = tuple((k.hook, k.registry) for k in KINDS)
+#: The environment variables a host's plugin selection comes from when not given.
+PLUGINS_DIR_ENV, ALLOW_ENV, BLOCK_ENV = "KDBENCH_PLUGINS_DIR", "KDBENCH_LOAD_PLUGINS", "KDBENCH_DISABLED_PLUGINS"
 
 
 @dataclass
@@ -90,10 +88,10 @@ class HostRecipe:
     def from_environment(cls, plugins_dir: str | Path | None = None) -> HostRecipe:
         """The host a command builds: ``plugins_dir`` (or ``KDBENCH_PLUGINS_DIR``) and the
         ``KDBENCH_LOAD_PLUGINS`` / ``KDBENCH_DISABLED_PLUGINS`` selection."""
-        directory = plugins_dir or os.environ.get("KDBENCH_PLUGINS_DIR")
-        allow = _env_list("KDBENCH_LOAD_PLUGINS")
+        directory = plugins_dir or os.environ.get(PLUGINS_DIR_ENV)
+        allow = _env_list(ALLOW_ENV)
         return cls(str(directory) if directory else None, frozenset(allow) if allow is not None else None,
-                   frozenset(_env_list("KDBENCH_DISABLED_PLUGINS") or ()))
+                   frozenset(_env_list(BLOCK_ENV) or ()))
 
 
 class PluginHost:
@@ -102,20 +100,28 @@ class PluginHost:
     ``allow``: load only plugins with these names (None: all); ``block``: never these.
     """
 
+    # One Registry per kind of KINDS, made in __init__ (declared here for readers and type checkers).
+    methods: Registry[Method]
+    pairs: Registry[ModelPair]
+    datasets: Registry[Dataset]
+    hardware: Registry[Hardware]
+    suites: Registry[Suite]
+    executors: Registry[Executor]
+
     def __init__(self, allow: Iterable[str] | None = None, block: Iterable[str] = ()) -> None:
         self.pm = pluggy.PluginManager("kdbench")
         self.pm.add_hookspecs(hookspecs)
         self.info: dict[str, PluginInfo] = {}
         self.broken: list[BrokenPlugin] = []
-        self.methods: Registry[Method] = Registry("method", Method)
-        self.pairs: Registry[ModelPair] = Registry("pair", ModelPair)
-        self.datasets: Registry[Dataset] = Registry("dataset", Dataset)
-        self.hardware: Registry[Hardware] = Registry("hardware target", Hardware)
-        self.suites: Registry[Suite] = Registry("suite", Suite)
-        self.executors: Registry[Executor] = Registry("executor", Executor)
+        for k in KINDS:
+            setattr(self, k.registry, Registry(k.label, k.item_type))
         self.allow: frozenset[str] | None = frozenset(allow) if allow is not None else None
         self.block: frozenset[str] = frozenset(block)
         self.recipe = HostRecipe(allow=self.allow, block=self.block)  # completed by load_host
+
+    def registry(self, name: str) -> Registry:
+        """The registry of a kind, named in the singular ("method") or plural ("methods")."""
+        return getattr(self, kind(name).registry)
 
     # ------------------------------------------------------------------ loading
     def wanted(self, name: str) -> bool:
@@ -188,15 +194,15 @@ class PluginHost:
 
     def collect(self) -> None:
         """Call every registration hook, one plugin at a time, so one failure stays local."""
-        for hook_name, attr in REGISTRATION_HOOKS:
-            registry: Registry = getattr(self, attr)
-            for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+        for k in KINDS:
+            registry: Registry = getattr(self, k.registry)
+            for impl in getattr(self.pm.hook, k.hook).get_hookimpls():
                 owner = impl.plugin_name
                 names: list[str] = []
 
-                def register(item: Any, _owner: str = owner, _names: list[str] = names, _r=registry) -> None:
-                    if _r is self.suites and isinstance(item, (str, Path)):
-                        item = load_suite_file(Path(item))
+                def register(item: Any, _owner: str = owner, _names: list[str] = names, _r=registry, _k=k) -> None:
+                    if _k.coerce is not None:  # a suite file's path → its Suite
+                        item = _k.coerce(item)
                     _r.register(item, owner=_owner)
                     _names.append(item.name)
 
@@ -205,7 +211,7 @@ class PluginHost:
                 except Exception as exc:
                     self.broken.append(BrokenPlugin(owner, self._source(owner), _one_line(exc), traceback.format_exc()))
                 if names and owner in self.info:
-                    self.info[owner].registered.setdefault(attr, []).extend(names)
+                    self.info[owner].registered.setdefault(k.registry, []).extend(names)
 
     def _source(self, name: str) -> str:
         return self.info[name].source if name in self.info else "?"

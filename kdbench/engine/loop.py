@@ -1,4 +1,11 @@
-"""The one training loop. Methods supply loss terms; everything else is here."""
+"""The one training loop. Methods supply loss terms; everything else is here.
+
+:func:`train` is the loop. The pieces it is made of are public so that
+:mod:`kdbench.testing` checks methods with the loop's own steps:
+:func:`setup_distiller` (the probe pass, :class:`PairInfo`, ``setup``),
+:func:`trainable_params`, :func:`forward_terms` (one forward pass, the loss
+terms) and :func:`optimizer_step` (backward, clipping, the update).
+"""
 from __future__ import annotations
 
 import contextlib
@@ -11,10 +18,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from kdbench.core.api import Batch, DataBundle, Distiller, PairInfo
+from kdbench.core.api import Batch, DataBundle, Distiller, Outputs, PairInfo
 from kdbench.core.config import Recipe
 from kdbench.engine.evaluate import evaluate
-from kdbench.engine.models import forward_with_taps
+from kdbench.engine.models import forward_with_taps, tap_options
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -32,12 +39,14 @@ class EpochResult:
     lr: float
     seconds: float
     terms: dict[str, float] = field(default_factory=dict)
+    phase: str = "train"  # "pretrain": an epoch of the distiller's pre-training phase (no evaluation: test_* are NaN)
 
 
 @dataclass
 class TrainResult:
     history: list[EpochResult]
     seconds: float
+    pretrain: list[EpochResult] = field(default_factory=list)  # the pre-training phase's epochs, if any
 
     @property
     def last(self) -> EpochResult:
@@ -48,13 +57,14 @@ class TrainResult:
         return max(self.history, key=lambda r: (r.test_top1, -r.epoch))
 
 
-def make_optimizer(params: list[nn.Parameter], recipe: Recipe) -> torch.optim.Optimizer:
+def make_optimizer(params: list[nn.Parameter], recipe: Recipe, lr: float | None = None) -> torch.optim.Optimizer:
+    lr = recipe.lr if lr is None else lr
     if recipe.optimizer == "sgd":
         return torch.optim.SGD(
-            params, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov and recipe.momentum > 0,
+            params, lr=lr, momentum=recipe.momentum, nesterov=recipe.nesterov and recipe.momentum > 0,
             weight_decay=recipe.weight_decay,
         )
-    return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=recipe.weight_decay)
 
 
 def lr_factor(step: int, steps_per_epoch: int, recipe: Recipe) -> float:
@@ -80,7 +90,7 @@ def _autocast(device: torch.device, recipe: Recipe) -> tuple[Callable[[], contex
     return (lambda: torch.autocast("cuda", dtype=dtype)), scaler
 
 
-def _train_targets(dataset) -> torch.Tensor | None:
+def train_targets(dataset) -> torch.Tensor | None:
     """Every training label, when the dataset keeps them in memory (``targets``/``labels``), else None."""
     for ds in (dataset, getattr(dataset, "base", None)):
         for attr in ("targets", "labels"):
@@ -88,6 +98,100 @@ def _train_targets(dataset) -> torch.Tensor | None:
             if values is not None and len(values) == len(dataset):
                 return torch.as_tensor(values, dtype=torch.long)
     return None
+
+
+def _split_views(images) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """A batch of one view, or of several (a train split yielding ``[view0, view1, ...]``): (first, others)."""
+    if isinstance(images, (list, tuple)):
+        return images[0], list(images[1:])
+    return images, []
+
+
+def _views(others, student, teacher, distiller, targets, indices, epoch, step, device, memory_format) -> list[Batch]:
+    """``Batch.views`` for a distiller that ``uses_views``: the models' outputs on the further views."""
+    if not distiller.uses_views:
+        return []
+    views = []
+    for images in others:
+        images = images.to(device, non_blocking=True, memory_format=memory_format)
+        s_out = forward_with_taps(student, images, distiller.student_stages, **tap_options(distiller))
+        t_out = None
+        if teacher is not None and distiller.needs_teacher:
+            with torch.no_grad():
+                t_out = forward_with_taps(teacher, images, distiller.teacher_stages, **tap_options(distiller, teacher=True))
+        views.append(Batch(images, targets, indices, s_out, t_out, epoch, step))
+    return views
+
+
+def setup_distiller(distiller: Distiller, student: nn.Module, teacher: nn.Module | None, data: DataBundle,
+                    device: torch.device) -> PairInfo:
+    """A probe pass tells the method the feature shapes for its extra modules: ``setup``, then onto ``device``."""
+    probe, probe_views = _split_views(next(iter(DataLoader(data.train, batch_size=2)))[0])
+    probe = probe.to(device)
+    with torch.no_grad():
+        was_training = student.training
+        student.eval()
+        s_probe = forward_with_taps(student, probe, distiller.student_stages, **tap_options(distiller))
+        t_probe = (forward_with_taps(teacher, probe, distiller.teacher_stages, **tap_options(distiller, teacher=True))
+                   if teacher is not None else None)
+        student.train(was_training)
+    info = PairInfo(
+        num_classes=data.num_classes, num_train=len(data.train),
+        student_shapes=[f.shape for f in s_probe.features],
+        teacher_shapes=[f.shape for f in t_probe.features] if t_probe else [],
+        student_dim=s_probe.pre_logits.shape[1] if s_probe.pre_logits is not None else None,
+        teacher_dim=t_probe.pre_logits.shape[1] if t_probe and t_probe.pre_logits is not None else None,
+        train_targets=train_targets(data.train), num_views=1 + len(probe_views),
+    )
+    distiller.setup(info)
+    distiller.to(device)
+    return info
+
+
+def trainable_params(student: nn.Module, distiller: Distiller, pretrain: bool = False) -> list[nn.Parameter]:
+    """What the optimiser updates: the student's parameters (unless it sits out the pre-training) and the method's."""
+    student_learns = not pretrain or distiller.pretrain_student
+    return ([p for p in student.parameters() if p.requires_grad] if student_learns else []) + [
+        p for p in distiller.parameters() if p.requires_grad]
+
+
+def forward_terms(
+    student: nn.Module, teacher: nn.Module | None, distiller: Distiller, images, targets: torch.Tensor,
+    indices: torch.Tensor, epoch: int, step: int, *, pretrain: bool = False,
+    device: torch.device = torch.device("cpu"), memory_format: torch.memory_format = torch.contiguous_format,
+) -> tuple[Outputs, dict[str, torch.Tensor]]:
+    """One forward pass of a training batch (``images``: a tensor, or a list of views): the student's outputs
+    and the distiller's named loss terms (``pretrain_terms`` in the pre-training phase). The teacher runs
+    without gradients."""
+    images, others = _split_views(images)
+    images = images.to(device, non_blocking=True, memory_format=memory_format)
+    with torch.set_grad_enabled(not pretrain or distiller.pretrain_student):
+        s_out = forward_with_taps(student, images, distiller.student_stages, **tap_options(distiller))
+        views = _views(others, student, teacher, distiller, targets, indices, epoch, step, device, memory_format)
+    t_out = None
+    if teacher is not None and distiller.needs_teacher:
+        with torch.no_grad():
+            t_out = forward_with_taps(teacher, images, distiller.teacher_stages, **tap_options(distiller, teacher=True))
+    loss_fn = distiller.pretrain_terms if pretrain else distiller.loss_terms
+    return s_out, loss_fn(Batch(images, targets, indices, s_out, t_out, epoch, step, views))
+
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
+                   grad_clip: float | None = None, scaler: torch.amp.GradScaler | None = None) -> None:
+    """Backward from ``loss`` (through the AMP ``scaler`` if any), clip the gradients' norm, update."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    if grad_clip is not None:
+        nn.utils.clip_grad_norm_(params, grad_clip)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
 
 
 def train(
@@ -112,88 +216,64 @@ def train(
     if teacher is not None:
         teacher.to(device, memory_format=memory_format).eval().requires_grad_(False)
 
-    # A probe pass tells the method the feature shapes for its extra modules.
-    probe = next(iter(DataLoader(data.train, batch_size=2)))[0].to(device)
-    with torch.no_grad():
-        was_training = student.training
-        student.eval()
-        pre_logits = distiller.needs_pre_logits
-        s_probe = forward_with_taps(student, probe, distiller.student_stages, pre_logits)
-        t_probe = forward_with_taps(teacher, probe, distiller.teacher_stages, pre_logits) if teacher is not None else None
-        student.train(was_training)
-    distiller.setup(PairInfo(
-        num_classes=data.num_classes, num_train=len(data.train),
-        student_shapes=[f.shape for f in s_probe.features],
-        teacher_shapes=[f.shape for f in t_probe.features] if t_probe else [],
-        student_dim=s_probe.pre_logits.shape[1] if s_probe.pre_logits is not None else None,
-        teacher_dim=t_probe.pre_logits.shape[1] if t_probe and t_probe.pre_logits is not None else None,
-        train_targets=_train_targets(data.train),
-    ))
-    distiller.to(device)
+    setup_distiller(distiller, student, teacher, data, device)
 
-    params = [p for p in student.parameters() if p.requires_grad] + [p for p in distiller.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, recipe)
     steps_per_epoch = len(train_loader)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps_per_epoch, recipe))
     autocast, scaler = _autocast(device, recipe)
-
     history: list[EpochResult] = []
+    pretrain: list[EpochResult] = []
     start = time.perf_counter()
-    step = 0
-    for epoch in range(recipe.epochs):
-        t0 = time.perf_counter()
-        student.train()
-        distiller.train()
-        loss_sum, correct, seen = 0.0, 0, 0
-        term_sums: dict[str, float] = {}
-        lr = optimizer.param_groups[0]["lr"]
-        for images, targets, indices in train_loader:
-            images = images.to(device, non_blocking=True, memory_format=memory_format)
-            targets, indices = targets.to(device, non_blocking=True), indices.to(device, non_blocking=True)
-            with autocast():
-                s_out = forward_with_taps(student, images, distiller.student_stages, distiller.needs_pre_logits)
-                t_out = None
-                if teacher is not None and distiller.needs_teacher:
-                    with torch.no_grad():
-                        t_out = forward_with_taps(teacher, images, distiller.teacher_stages, distiller.needs_pre_logits)
-                terms = distiller.loss_terms(Batch(images, targets, indices, s_out, t_out, epoch, step))
-                loss = sum(terms.values())
-            if not torch.isfinite(loss):
-                parts = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
-                raise NonFiniteLossError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step} ({parts})")
-            optimizer.zero_grad(set_to_none=True)
+    # Two phases through the same loop: the distiller's pre-training (when it has one: its own loss,
+    # its own modules and, if it says so, the student; constant lr, no evaluation), then training.
+    phases = ([("pretrain", distiller.pretrain_epochs)] if distiller.pretrain_epochs > 0 else []) + [("train", recipe.epochs)]
+    for phase, epochs in phases:
+        pre = phase == "pretrain"
+        if not pre:
+            distiller.end_pretrain()
+        student_learns = not pre or distiller.pretrain_student
+        params = trainable_params(student, distiller, pretrain=pre)
+        optimizer = make_optimizer(params, recipe, lr=distiller.pretrain_lr if pre else None)
+        schedule = (lambda s: 1.0) if pre else (lambda s: lr_factor(s, steps_per_epoch, recipe))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        step = 0
+        for epoch in range(epochs):
+            t0 = time.perf_counter()
+            student.train(student_learns)
+            distiller.train()
+            loss_sum, correct, seen = 0.0, 0, 0
+            term_sums: dict[str, float] = {}
             lr = optimizer.param_groups[0]["lr"]
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                loss.backward()
-            if recipe.grad_clip is not None:
-                nn.utils.clip_grad_norm_(params, recipe.grad_clip)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            scheduler.step()
+            for images, targets, indices in train_loader:
+                targets, indices = targets.to(device, non_blocking=True), indices.to(device, non_blocking=True)
+                with autocast():
+                    s_out, terms = forward_terms(student, teacher, distiller, images, targets, indices, epoch, step,
+                                                 pretrain=pre, device=device, memory_format=memory_format)
+                    loss = sum(terms.values())
+                if not torch.isfinite(loss):
+                    parts = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+                    raise NonFiniteLossError(f"{phase} loss is {loss.item()} at epoch {epoch + 1}, step {step} ({parts})")
+                lr = optimizer.param_groups[0]["lr"]
+                optimizer_step(loss, optimizer, params, recipe.grad_clip, scaler)
+                scheduler.step()
 
-            n = targets.size(0)
-            loss_sum += loss.item() * n
-            for k, v in terms.items():
-                term_sums[k] = term_sums.get(k, 0.0) + v.item() * n
-            correct += (s_out.logits.argmax(1) == targets).sum().item()
-            seen += n
-            step += 1
-            if on_step is not None:
-                on_step(step, loss.item())
+                n = targets.size(0)
+                loss_sum += loss.item() * n
+                for k, v in terms.items():
+                    term_sums[k] = term_sums.get(k, 0.0) + v.item() * n
+                correct += (s_out.logits.argmax(1) == targets).sum().item()
+                seen += n
+                step += 1
+                if on_step is not None and not pre:
+                    on_step(step, loss.item())
 
-        test = evaluate(student, test_loader, device, autocast, memory_format)
-        result = EpochResult(
-            epoch=epoch + 1, train_loss=loss_sum / seen, train_top1=100.0 * correct / seen,
-            test_top1=test.top1, test_top5=test.top5, test_loss=test.loss, lr=lr,
-            seconds=time.perf_counter() - t0, terms={k: v / seen for k, v in term_sums.items()},
-        )
-        history.append(result)
-        if on_epoch is not None:
-            on_epoch(result)
-    return TrainResult(history, time.perf_counter() - start)
+            test = None if pre else evaluate(student, test_loader, device, autocast, memory_format)
+            result = EpochResult(
+                epoch=epoch + 1, train_loss=loss_sum / seen, train_top1=100.0 * correct / seen,
+                test_top1=test.top1 if test else math.nan, test_top5=test.top5 if test else math.nan,
+                test_loss=test.loss if test else math.nan, lr=lr, seconds=time.perf_counter() - t0,
+                terms={k: v / seen for k, v in term_sums.items()}, phase=phase,
+            )
+            (pretrain if pre else history).append(result)
+            if on_epoch is not None:
+                on_epoch(result)
+    return TrainResult(history, time.perf_counter() - start, pretrain)

@@ -1,8 +1,10 @@
 """Deterministic seeding: same seed, same machine, same numbers."""
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -24,3 +26,18 @@ def seed_everything(seed: int) -> torch.Generator:
     gen = torch.Generator()
     gen.manual_seed(seed)
     return gen
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Train with ``n`` intra-op threads (None: torch's default). The thread count changes the order of
+    float sums, hence the numbers: a recipe that sets it trains the same model on machines with other core counts."""
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

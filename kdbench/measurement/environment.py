@@ -13,7 +13,7 @@ import platform
 import subprocess
 from typing import Any
 
-TAG_PREFIX = "kdbench.env."
+from kdbench.record import schema
 
 # /proc/cpuinfo flags worth knowing for inference speed, under readable names.
 CPU_FLAGS = {
@@ -184,7 +184,7 @@ def environment() -> dict[str, Any]:
 def environment_tags(env: dict[str, Any] | None = None) -> dict[str, str]:
     """The environment as MLflow tags ``kdbench.env.<key>``."""
     env = environment() if env is None else env
-    return {TAG_PREFIX + k: str(v) for k, v in env.items()}
+    return {schema.fill(schema.ENV, key=k): str(v) for k, v in env.items()}
 
 
 def summary_lines(env: dict[str, Any] | None = None) -> list[str]:

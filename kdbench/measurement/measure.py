@@ -33,18 +33,18 @@ How a target is measured (one target × one precision, :func:`measure_latency`):
    (what it keeps resident still counts). cuDNN autotuning
    (``cudnn.benchmark``) is on during CUDA measurements.
 
-Metric names are ``<metric>.<target>.<precision>``, e.g. ``latency_p50_ms.cpu.fp32``.
+Metric names are ``<metric>.<target>.<precision>``, e.g. ``latency_p50_ms.cpu.fp32``
+(:data:`kdbench.record.schema.TARGET_METRICS`). The pieces live in their own modules:
+:mod:`~kdbench.measurement.static` (parameters, size, MACs), :mod:`~kdbench.measurement.targets`
+(precisions, threads, what stops a target), :mod:`~kdbench.measurement.timing` and
+:mod:`~kdbench.measurement.memory`; this module measures with them and re-exports what callers use.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
-import ctypes
-import gc
-import io
-import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,251 +54,19 @@ from torch import nn
 
 from kdbench.core.api import Hardware
 from kdbench.core.config import MeasureSpec
+from kdbench.measurement.memory import MemoryProbe
+from kdbench.measurement.static import MACS_COUNTER, count_macs, size_on_disk_bytes, static_metrics
+from kdbench.measurement.targets import (
+    PRECISIONS, SUPPORTED_PRECISIONS, compile_problem, default_threads, describe_target, metric_suffix,
+    precision_problem, target_threads,
+)
+from kdbench.measurement.timing import Clock, percentile_stats, timed_calls
+from kdbench.record import schema
+from kdbench.record.schema import on_target
 
-MACS_COUNTER = "torch.utils.flop_counter"
-PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int4")
-# what each device type can measure; int8 means "the model is already quantized"
-SUPPORTED_PRECISIONS = {
-    "cpu": ("fp32", "bf16", "int8"),
-    "cuda": ("fp32", "bf16", "fp16", "int8", "int4"),  # int8/int4: a model a quantizer converted (quant_linear)
-    "mps": ("fp32", "fp16"),
-}
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-LATENCY_PERCENTILES = (50, 90, 99)
 THROUGHPUT_MIN_CALLS = 3
-MAX_CALLS = 100_000
-TAG_PREFIX = "kdbench.measure."
-
-
-# --------------------------------------------------------------------------- static metrics
-
-
-def count_macs(model: nn.Module, input_size: tuple[int, int, int]) -> int | None:
-    """Multiply-accumulates of one forward pass at batch 1 (None if the counter fails)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    try:
-        device = next(model.parameters()).device
-    except StopIteration:
-        device = torch.device("cpu")
-    x = torch.zeros(1, *input_size, device=device)
-    was_training = model.training
-    model.eval()
-    try:
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
-            model(x)
-        return counter.get_total_flops() // 2
-    except Exception:
-        return None
-    finally:
-        model.train(was_training)
-
-
-def size_on_disk_bytes(model: nn.Module) -> int:
-    """Bytes of the saved ``state_dict`` (what a checkpoint of the model takes)."""
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    return buf.tell()
-
-
-def static_metrics(model: nn.Module, input_size: tuple[int, int, int]) -> dict[str, float]:
-    """Parameters (total, non-zero), size of the saved state_dict, and MACs (see ``MACS_COUNTER``)."""
-    params = sum(p.numel() for p in model.parameters())
-    nonzero = sum(int(torch.count_nonzero(p)) for p in model.parameters())
-    out: dict[str, float] = {"params": params, "params_nonzero": nonzero, "size_bytes": size_on_disk_bytes(model)}
-    macs = count_macs(model, input_size)
-    if macs is not None:
-        out["macs"] = macs
-    return out
-
-
-# --------------------------------------------------------------------------- targets
-
-
-def metric_suffix(hardware: Hardware, precision: str | None = None) -> str:
-    return f"{hardware.name}.{precision or hardware.precision}"
-
-
-def default_threads() -> int:
-    """Threads for a target with ``threads=None``: the physical cores this process may use."""
-    from kdbench.measurement.environment import cpu_info
-
-    info = cpu_info()
-    usable = info["cpu_affinity"] or os.cpu_count() or 1
-    physical = info["cpu_physical_cores"] or usable
-    logical = info["cpu_logical"] or usable
-    # with SMT, affinity counts hardware threads; one thread per physical core is faster
-    per_core = max(1, logical // physical) if physical else 1
-    return max(1, usable // per_core)
-
-
-def target_threads(hardware: Hardware) -> int:
-    return hardware.threads or default_threads()
-
-
-def compile_problem(hardware: Hardware) -> str | None:
-    """None when ``torch.compile`` can run for this target, else why not."""
-    import shutil
-
-    if not hasattr(torch, "compile"):
-        return "this torch has no torch.compile"
-    kind = torch.device(hardware.device).type
-    if kind == "cpu" and not any(shutil.which(cc) for cc in ("g++", "c++", "clang++", "cl")):
-        return "torch.compile on CPU needs a C++ compiler (g++/clang++) on PATH"
-    return None
-
-
-def precision_problem(hardware: Hardware, precision: str) -> str | None:
-    """None when ``precision`` can be measured on ``hardware`` here, else why not."""
-    kind = torch.device(hardware.device).type
-    supported = SUPPORTED_PRECISIONS.get(kind, ("fp32",))
-    if precision not in supported:
-        return f"precision {precision} is not supported on {kind} (supported: {', '.join(supported)})"
-    if kind == "cuda" and precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
-        return "this GPU has no bf16 support (torch.cuda.is_bf16_supported() is False)"
-    return None
-
-
-# --------------------------------------------------------------------------- timing
-
-
-def percentile_stats(times_ms: Iterable[float], prefix: str = "latency", suffix: str = "") -> dict[str, float]:
-    """p50/p90/p99 (linear interpolation), mean, std (sample), min and count of per-call times."""
-    t = np.asarray(list(times_ms), dtype=np.float64)
-    if t.size == 0:
-        raise ValueError("no timings")
-    tail = f".{suffix}" if suffix else ""
-    out = {f"{prefix}_p{p}_ms{tail}": float(np.percentile(t, p)) for p in LATENCY_PERCENTILES}
-    out[f"{prefix}_mean_ms{tail}"] = float(t.mean())
-    out[f"{prefix}_std_ms{tail}"] = float(t.std(ddof=1)) if t.size > 1 else 0.0
-    out[f"{prefix}_min_ms{tail}"] = float(t.min())
-    out[f"{prefix}_calls{tail}"] = float(t.size)
-    return out
-
-
-class _Clock:
-    """Times one call in milliseconds, synchronising the device the way it needs."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        if device.type == "cuda":
-            self._start = torch.cuda.Event(enable_timing=True)
-            self._end = torch.cuda.Event(enable_timing=True)
-
-    def sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        elif self.device.type == "mps":
-            torch.mps.synchronize()
-
-    def __call__(self, fn: Callable[[], Any]) -> float:
-        if self.device.type == "cuda":
-            self._start.record()
-            fn()
-            self._end.record()
-            self._end.synchronize()
-            return float(self._start.elapsed_time(self._end))
-        t0 = time.perf_counter_ns()
-        fn()
-        if self.device.type == "mps":
-            torch.mps.synchronize()
-        return (time.perf_counter_ns() - t0) / 1e6
-
-
-def timed_calls(
-    fn: Callable[[], Any], clock: Callable[[Callable[[], Any]], float], *, min_time: float, min_calls: int,
-    max_time: float, max_calls: int = MAX_CALLS,
-) -> list[float]:
-    """Per-call times (ms) of ``fn`` until ``min_time`` s and ``min_calls`` calls, or ``max_time`` s."""
-    times: list[float] = []
-    gc_was_enabled = gc.isenabled()
-    gc.collect()
-    gc.disable()
-    try:
-        start = time.perf_counter()
-        while True:
-            times.append(clock(fn))
-            elapsed = time.perf_counter() - start
-            n = len(times)
-            if n >= max_calls or elapsed >= max_time or (elapsed >= min_time and n >= min_calls):
-                return times
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-
-
-# --------------------------------------------------------------------------- memory
-
-
-def _proc_status_kb(field_name: str) -> int | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field_name + ":"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def _release_free_heap() -> None:
-    gc.collect()
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-class MemoryProbe:
-    """Peak bytes above a baseline: CUDA max allocated, or peak RSS growth on CPU."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.baseline = 0
-        self._hwm_reset = False
-        self._samples: list[int] = []
-
-    def start(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.baseline = torch.cuda.memory_allocated(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-        elif self.device.type == "cpu":
-            _release_free_heap()
-            self.baseline = (_proc_status_kb("VmRSS") or 0) * 1024
-            self._hwm_reset = _reset_peak_rss()
-
-    def reset_peak(self) -> None:
-        """Forget the peak so far (not the baseline): compilation's own memory is not the model's."""
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-        elif self.device.type == "cpu":
-            self._hwm_reset = _reset_peak_rss()
-            self._samples.clear()
-
-    def sample(self) -> None:
-        if self.device.type == "cpu":
-            rss = _proc_status_kb("VmRSS")
-            if rss is not None:
-                self._samples.append(rss * 1024)
-
-    def peak_bytes(self) -> int | None:
-        if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device) - self.baseline
-        if self.device.type != "cpu" or not self.baseline:
-            return None  # MPS has no peak counter
-        peak = _proc_status_kb("VmHWM") if self._hwm_reset else None
-        candidates = [peak * 1024] if peak is not None else []
-        candidates += self._samples
-        return max(0, max(candidates) - self.baseline) if candidates else None
+TAG_PREFIX = schema.fill(schema.MEASURE_TARGET, target="")  # transitional (kdbench.testing): use the schema's names
 
 
 # --------------------------------------------------------------------------- one target
@@ -369,7 +137,7 @@ def measure_latency(
     threads = target_threads(hardware)
     channels_last = hardware.memory_format == "channels_last"
     suffix = metric_suffix(hardware, precision)
-    clock = _Clock(device)
+    clock = Clock(device)
     memory = MemoryProbe(device)
     out: dict[str, float] = {}
     began = time.perf_counter()
@@ -398,7 +166,7 @@ def measure_latency(
                                 max_time=spec.max_run_time)
             memory.sample()
             out.update(percentile_stats(times, "latency", suffix))
-            out[f"latency_batch.{suffix}"] = spec.batch_size
+            out[on_target(schema.LATENCY_BATCH, suffix)] = spec.batch_size
             big = spec.throughput_batch_size
             if big and big != spec.batch_size:
                 xb = _input(big, input_size, device, channels_last)
@@ -412,19 +180,19 @@ def measure_latency(
                 big_times = timed_calls(lambda: run(xb), clock, min_time=spec.throughput_min_run_time,
                                         min_calls=THROUGHPUT_MIN_CALLS, max_time=spec.max_run_time)
                 memory.sample()
-                out[f"throughput_ips.{suffix}"] = big * 1e3 / float(np.median(big_times))
-                out[f"throughput_batch.{suffix}"] = big
+                out[on_target(schema.THROUGHPUT, suffix)] = big * 1e3 / float(np.median(big_times))
+                out[on_target(schema.THROUGHPUT_BATCH, suffix)] = big
                 del xb
             else:
-                out[f"throughput_ips.{suffix}"] = spec.batch_size * 1e3 / out[f"latency_p50_ms.{suffix}"]
-                out[f"throughput_batch.{suffix}"] = spec.batch_size
+                out[on_target(schema.THROUGHPUT, suffix)] = spec.batch_size * 1e3 / out[on_target(schema.LATENCY_P50, suffix)]
+                out[on_target(schema.THROUGHPUT_BATCH, suffix)] = spec.batch_size
         peak = memory.peak_bytes()
         if peak is not None:
-            out[f"peak_mem_mb.{suffix}"] = peak / 2**20
+            out[on_target(schema.PEAK_MEM_MB, suffix)] = peak / 2**20
         if hardware.mode == "compile":
-            out[f"compile_s.{suffix}"] = compile_s
-        out[f"threads.{suffix}"] = torch.get_num_threads()
-    out[f"measure_s.{suffix}"] = time.perf_counter() - began
+            out[on_target(schema.COMPILE_S, suffix)] = compile_s
+        out[on_target(schema.THREADS, suffix)] = torch.get_num_threads()
+    out[on_target(schema.MEASURE_S, suffix)] = time.perf_counter() - began
     del m, run, x
     return out
 
@@ -505,14 +273,14 @@ def result_tags(results: list[TargetResult]) -> dict[str, str]:
     for r in results:
         by_target.setdefault(r.target, []).append(r)
         if r.precision is not None:
-            tags[f"{TAG_PREFIX}{r.target}.{r.precision}"] = r.status + (f": {r.reason}" if r.reason else "")
+            tags[schema.fill(schema.MEASURE_PRECISION, target=r.target, precision=r.precision)] = r.status + (f": {r.reason}" if r.reason else "")
     for target, rs in by_target.items():
         measured = [r for r in rs if r.status == "measured"]
         if measured and measured[0].hardware is not None:
-            tags[TAG_PREFIX + target] = f"measured: {describe_target(measured[0].hardware)}"
+            tags[schema.fill(schema.MEASURE_TARGET, target=target)] = f"measured: {describe_target(measured[0].hardware)}"
         else:
             first = rs[0]
-            tags[TAG_PREFIX + target] = f"{first.status}: {first.reason}"
+            tags[schema.fill(schema.MEASURE_TARGET, target=target)] = f"{first.status}: {first.reason}"
     return tags
 
 
@@ -536,3 +304,11 @@ def measure_on_targets(
 
         tags.update(environment_tags())
     return metrics, tags
+
+
+__all__ = [
+    "AUTOCAST_DTYPES", "MACS_COUNTER", "PRECISIONS", "SUPPORTED_PRECISIONS", "TargetResult", "compile_problem",
+    "count_macs", "default_threads", "describe_target", "measure_latency", "measure_on_targets", "measure_targets",
+    "metric_suffix", "percentile_stats", "precision_problem", "result_tags", "size_on_disk_bytes",
+    "static_metrics", "target_threads", "timed_calls",
+]

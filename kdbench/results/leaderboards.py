@@ -1,7 +1,8 @@
 """Leaderboards: pandas tables built from the MLflow runs of kdbench suites.
 
-:func:`fetch_runs` gets the cell runs, :func:`runs_frame` makes one row per
-run, :func:`aggregate` turns rows into the leaderboard:
+:func:`~kdbench.record.reader.fetch_runs` gets the cell runs,
+:func:`~kdbench.record.reader.runs_frame` makes one row per run (both read the
+record, :mod:`kdbench.record`), :func:`aggregate` turns rows into the leaderboard:
 
 - one row per (suite, dataset, pair, method pipeline);
 - only FINISHED runs are averaged; when a cell (spec hash) ran more than
@@ -25,80 +26,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kdbench.record import tracking as tr
+from kdbench.record import schema
+from kdbench.record.reader import fetch_runs, runs_frame
+from kdbench.results import stats as _stats
 
 GROUP = ["suite", "dataset", "pair", "method"]
-T = tr.TAG
 BASELINE = "baseline"
-LATENCY = "latency_p50_ms."
-THROUGHPUT = "throughput_ips."
-
-
-# --------------------------------------------------------------------------- fetching
-
-
-def _filter_string(method: str | None = None, dataset: str | None = None, pair: str | None = None,
-                   version: str | None = None, since: datetime | None = None, until: datetime | None = None) -> str:
-    parts = [f"tags.`{T}role` = '{tr.ROLE_CELL}'"]
-    for tag, value in (("method", method), ("dataset", dataset), ("pair", pair), ("version", version)):
-        if value:
-            parts.append(f"tags.`{T}{tag}` = '{value}'")
-    if since:
-        parts.append(f"attributes.start_time >= {int(since.timestamp() * 1000)}")
-    if until:
-        parts.append(f"attributes.start_time <= {int(until.timestamp() * 1000)}")
-    return " and ".join(parts)
-
-
-def experiment_ids(c, suite: str | None) -> list[str]:
-    if suite:
-        exp = c.get_experiment_by_name(tr.experiment_name(suite))
-        return [exp.experiment_id] if exp else []
-    return [e.experiment_id for e in c.search_experiments() if e.name.startswith("kdbench/")]
-
-
-def fetch_runs(suite: str | None = None, tracking_uri: str | None = None, **filters: Any) -> list[Any]:
-    """Cell runs of one suite (or every kdbench suite), filtered on the tracking server."""
-    c = tr.client(tracking_uri)
-    ids = experiment_ids(c, suite)
-    runs: list[Any] = []
-    if not ids:
-        return runs
-    token = None
-    while True:
-        page = c.search_runs(ids, filter_string=_filter_string(**filters), max_results=5000, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
-def runs_frame(runs: Iterable[Any]) -> pd.DataFrame:
-    """One row per cell run: labels from tags, final metrics, status, start time."""
-    rows = []
-    for run in runs:
-        tags = run.data.tags
-        row: dict[str, Any] = {
-            "run_id": run.info.run_id,
-            "status": run.info.status,
-            "start_time": run.info.start_time,
-            "spec_hash": tags.get(T + "spec_hash"),
-            "suite": tags.get(T + "suite"),
-            "dataset": tags.get(T + "dataset"),
-            "pair": tags.get(T + "pair"),
-            "method": tags.get(T + "method"),
-            "teacher": tags.get(T + "teacher"),
-            "student": tags.get(T + "student"),
-            "seed": int(tags.get(T + "seed", -1)),
-            "kdbench_version": tags.get(T + "version"),
-            "recipe_hash": tags.get(T + "recipe_hash"),
-            "error": tags.get(T + "error"),
-            "speedup_note": tags.get(T + "speedup_note"),  # set when a method gives no speed-up by nature
-            "epochs": int(run.data.params["recipe.epochs"]) if "recipe.epochs" in run.data.params else None,
-        }
-        row.update(run.data.metrics)
-        rows.append(row)
-    return pd.DataFrame(rows)
+LATENCY = schema.LATENCY_P50 + "."
+THROUGHPUT = schema.THROUGHPUT + "."
+COMPILE_S = schema.COMPILE_S + "."
 
 
 # --------------------------------------------------------------------------- statistics
@@ -209,7 +145,7 @@ def aggregate(frame: pd.DataFrame, published: Mapping[str, Any] | None = None,
             lat = _mean(g.get(LATENCY + t))
             row[LATENCY + t] = lat
             row[THROUGHPUT + t] = _mean(g.get(THROUGHPUT + t))
-            row["compile_s." + t] = _mean(g.get("compile_s." + t))  # compiled targets: apart from latency
+            row[COMPILE_S + t] = _mean(g.get(COMPILE_S + t))  # compiled targets: apart from latency
             # a quantized model (cpu.int8) is compared with the fp32 student on the same target
             base = ref.get(t, math.nan)
             if math.isnan(base):
@@ -232,6 +168,7 @@ def aggregate(frame: pd.DataFrame, published: Mapping[str, Any] | None = None,
                               na_position="last").reset_index(drop=True)
     groups = board.groupby(["suite", "dataset", "pair"], sort=False)
     board["rank"] = groups["top1_mean"].rank(ascending=False, method="min")
+    board = _stats.with_rank_intervals(board, finished)  # rank_low, rank_high, tied_with_best (Holm-corrected)
     for t in targets:
         board["pareto." + t] = False
         for _, g in groups:
@@ -239,6 +176,11 @@ def aggregate(frame: pd.DataFrame, published: Mapping[str, Any] | None = None,
     if published:
         board["paper_top1"] = [published_top1(published, r.pair, r.method) for r in board.itertuples()]
     return board
+
+
+def comparisons(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every pairwise comparison within each (suite, dataset, pair): paired Δ, CI, p, Holm; see :mod:`.stats`."""
+    return _stats.compare(latest_finished(frame) if len(frame) else frame)[0]
 
 
 def published_top1(published: Mapping[str, Any], pair: str, method: str) -> float:
@@ -326,8 +268,8 @@ def display_frame(board: pd.DataFrame) -> pd.DataFrame:
     for t in targets_in(board):
         out[f"p50 ms {t}"] = ["—" if _isnan(v) else f"{v:.2f}" for v in board[LATENCY + t]]
         out[f"speed-up {t}"] = ["—" if _isnan(v) else f"{v:.2f}×" for v in get("speedup." + t)]
-        if get("compile_s." + t).notna().any():
-            out[f"compile s {t}"] = ["—" if _isnan(v) else f"{v:.1f}" for v in get("compile_s." + t)]
+        if get(COMPILE_S + t).notna().any():
+            out[f"compile s {t}"] = ["—" if _isnan(v) else f"{v:.1f}" for v in get(COMPILE_S + t)]
         out[f"Pareto {t}"] = ["★" if v is True else "" for v in get("pareto." + t)]
     out["failed"] = board["failed"].to_numpy()
     if "flags" in board and board["flags"].astype(bool).any():

@@ -21,11 +21,15 @@ from typing import Any
 
 import pandas as pd
 
-from kdbench.record import tracking as tr
+from kdbench.record import reader, schema
+from kdbench.record.client import client
+from kdbench.record.client import tracking_uri as current_tracking_uri
+from kdbench.record.writer import Writer
+from kdbench.results import comparisons as _comparisons
 from kdbench.results.leaderboards import (
-    LATENCY, aggregate, display_frame, experiment_ids, fetch_runs, latest_finished, pm, runs_frame, targets_in,
-    to_markdown,
+    LATENCY, aggregate, display_frame, latest_finished, pm, targets_in, to_markdown,
 )
+from kdbench.results.leaderboards import comparisons as pairwise
 
 CELL_COLUMNS = ["run_id", "status", "spec_hash", "suite", "dataset", "pair", "method", "teacher", "student", "seed",
                 "epochs", "top1", "top5", "best_top1", "best_epoch", "teacher_top1", "params", "macs", "size_bytes",
@@ -120,9 +124,9 @@ def plot_training_curves(curves: pd.DataFrame, path: Path) -> Path:
 def training_curves(c, finished: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for r in finished.itertuples():
-        for m in c.get_metric_history(r.run_id, "test_top1"):
+        for step, value in reader.metric_history(c, r.run_id, schema.TEST_TOP1):
             rows.append({"dataset": r.dataset, "pair": r.pair, "method": r.method, "seed": r.seed,
-                         "epoch": m.step, "test_top1": m.value})
+                         "epoch": step, "test_top1": value})
     return pd.DataFrame(rows, columns=["dataset", "pair", "method", "seed", "epoch", "test_top1"])
 
 
@@ -193,27 +197,27 @@ def _when(ms: float) -> str:
 
 
 def provenance(c, suite: str, frame: pd.DataFrame, command: str) -> dict[str, str]:
-    ids = experiment_ids(c, suite)
-    invocations = c.search_runs(ids, f"tags.`{tr.TAG}role` = '{tr.ROLE_INVOCATION}'", max_results=1000) if ids else []
+    ids = reader.experiment_ids(c, suite)
     tags: dict[str, set[str]] = {}
-    for run in invocations:
+    for run in reader.invocation_runs(c, suite):
         for k, v in run.data.tags.items():
-            if k.startswith(tr.TAG) or k.startswith("kdbench"):
+            if k.startswith(schema.PREFIX):
                 tags.setdefault(k, set()).add(v)
 
     def joined(key: str) -> str:
         return "; ".join(sorted(tags.get(key, set()))) or "—"
 
-    env = {k.removeprefix(tr.TAG + "env."): "; ".join(sorted(v)) for k, v in tags.items() if k.startswith(tr.TAG + "env.")}
+    env_prefix = schema.fill(schema.ENV, key="")
+    env = {k.removeprefix(env_prefix): "; ".join(sorted(v)) for k, v in tags.items() if k.startswith(env_prefix)}
     out = {
         "suite": suite,
-        "kdbench version": joined(tr.TAG + "version"),
-        "kdbench git sha": joined(tr.TAG + "git_sha"),
-        "torch / timm": f"{joined(tr.TAG + 'torch_version')} / {joined(tr.TAG + 'timm_version')}",
-        "python / platform": f"{joined(tr.TAG + 'python_version')} / {joined(tr.TAG + 'platform')}",
-        "run commands": joined(tr.TAG + "command"),
+        "kdbench version": joined(schema.VERSION),
+        "kdbench git sha": joined(schema.GIT_SHA),
+        "torch / timm": f"{joined(schema.TORCH_VERSION)} / {joined(schema.TIMM_VERSION)}",
+        "python / platform": f"{joined(schema.PYTHON_VERSION)} / {joined(schema.PLATFORM)}",
+        "run commands": joined(schema.COMMAND),
         "runs dated": f"{_when(frame['start_time'].min())} to {_when(frame['start_time'].max())}" if len(frame) else "—",
-        "MLflow experiment": f"{tr.experiment_name(suite)} (id {', '.join(ids)}) at {tr.tracking_uri()}",
+        "MLflow experiment": f"{schema.experiment_name(suite)} (id {', '.join(ids)}) at {current_tracking_uri()}",
         "report command": command,
     }
     out.update({f"environment: {k}": v for k, v in sorted(env.items())})
@@ -225,8 +229,8 @@ def provenance(c, suite: str, frame: pd.DataFrame, command: str) -> dict[str, st
 
 def write_report(suite: str, out: Path, *, tracking_uri: str | None = None, published: Mapping[str, Any] | None = None,
                  command: str | None = None, log_to_mlflow: bool = True) -> Report:
-    c = tr.client(tracking_uri)
-    frame = runs_frame(fetch_runs(suite, tracking_uri))
+    c = client(tracking_uri)
+    frame = reader.suite_frame(suite, tracking_uri)
     if frame.empty:
         from kdbench.core.errors import KdbenchError
 
@@ -269,6 +273,9 @@ def write_report(suite: str, out: Path, *, tracking_uri: str | None = None, publ
 
     tables = [("Leaderboard", shown)]
     md = [f"# kdbench report: `{suite}`", "", rule, "", "## Leaderboard", "", to_markdown(shown)]
+    more_tables, more_md = _comparisons.sections(board, pairwise(frame), finished)  # paired Δ, Holm, rank intervals, MDE
+    tables += more_tables
+    md += more_md
     if "paper_top1" in board and board["paper_top1"].notna().any():
         paper = board[board["paper_top1"].notna()][["dataset", "pair", "method", "paper_top1", "top1_mean", "top1_std"]]
         paper_view = pd.DataFrame({
@@ -297,12 +304,7 @@ def write_report(suite: str, out: Path, *, tracking_uri: str | None = None, publ
 
     run_id = None
     if log_to_mlflow:
-        ids = experiment_ids(c, suite)
-        run_id = tr.start_run(c, ids[0], f"report {suite}", {
-            tr.TAG + "role": "report", tr.TAG + "suite": suite, tr.TAG + "command": command})
-        for f in files:
-            c.log_artifact(run_id, str(f), "report")
-        c.set_terminated(run_id, "FINISHED")
+        run_id = Writer(c).log_report(reader.experiment_ids(c, suite)[0], suite, command, files)
     return Report(out, files, board, run_id)
 
 

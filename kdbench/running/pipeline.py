@@ -34,8 +34,6 @@ are recorded as not applicable with the reason (:func:`deploy_targets`).
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,9 +51,9 @@ from kdbench.engine.models import count_params, create_model
 from kdbench.engine.objectives import CrossEntropy
 from kdbench.engine.seeding import seed_everything
 from kdbench.core.errors import ConfigError, NotApplicableError
+from kdbench.record import schema
+from kdbench.record.reader import finished_student
 from kdbench.running.progress import TrainingProgress, chain
-
-STAGE_TAG = "kdbench.stage"
 
 
 # --------------------------------------------------------------------------- checking
@@ -147,7 +145,7 @@ class MethodResult:
 
     @property
     def artifact_name(self) -> str:
-        return self.saver.artifact_name if self.saver is not None else "student.pt"
+        return self.saver.artifact_name if self.saver is not None else schema.STUDENT
 
     def save(self, path: str) -> None:
         if self.saver is None:
@@ -162,7 +160,7 @@ Reuse = Callable[[Ref], "tuple[dict[str, torch.Tensor], dict[str, float], str] |
 
 def stage_prefix(index: int, ref: Ref, plan: list[Ref]) -> str:
     """Metric prefix of stage ``index`` (0-based): none for a one-stage plan, ``stage<N>.<method>.`` otherwise."""
-    return "" if len(plan) == 1 else f"stage{index + 1}.{ref.name}."
+    return "" if len(plan) == 1 else schema.fill(schema.STAGE_METRIC, n=index + 1, method=ref.name, metric="")
 
 
 @dataclass
@@ -218,7 +216,7 @@ def _distiller_stage(
         model.to(device).eval()
         state.train_seconds += float(prior.get("train_seconds", 0.0))
         state.metrics.update({prefix + k: float(prior[k]) for k in ("top1", "top5", "train_seconds") if k in prior})
-        state.tags[f"{STAGE_TAG}1.source"] = source
+        state.tags[schema.fill(schema.STAGE_SOURCE, n=1)] = source
     else:
         distiller = host.methods.get(ref.name).build(ref.options)
         generator = seed_everything(cell.seed + i)
@@ -241,7 +239,7 @@ def _distiller_stage(
             state.metrics.update({prefix + "top1": result.last.test_top1, prefix + "top5": result.last.test_top5,
                                   prefix + "train_seconds": result.seconds})
             if i == 0:
-                state.tags[f"{STAGE_TAG}1.source"] = "trained"
+                state.tags[schema.fill(schema.STAGE_SOURCE, n=1)] = "trained"
     state.model = state.float_model = model
 
 
@@ -292,10 +290,10 @@ def _summary(cell: CellSpec, plan: list[Ref], data: DataBundle, teacher: Any, st
     implied = plan[0].name == REFERENCE_METHOD and method_stages(cell.method)[0].name != REFERENCE_METHOD
     metrics["stages"] = len(plan)
     tags = dict(state.tags)
-    tags[STAGE_TAG + "s"] = " > ".join(str(s) for s in plan) + (" (baseline implied)" if implied else "")
-    tags["kdbench.deployment"] = describe_deployment(state.deployment)
+    tags[schema.STAGES] = " > ".join(str(s) for s in plan) + (" (baseline implied)" if implied else "")
+    tags[schema.DEPLOYMENT] = describe_deployment(state.deployment)
     if state.deployment is not None and not state.deployment.speedup:
-        tags["kdbench.speedup_note"] = state.deployment.speedup_note or "this compression gives no speed-up by nature"
+        tags[schema.SPEEDUP_NOTE] = state.deployment.speedup_note or "this compression gives no speed-up by nature"
     return MethodResult(state.model, state.float_model, metrics, tags, state.deployment, state.saver, pipeline=True)
 
 
@@ -385,40 +383,12 @@ def standalone_context(
 
 def reuse_from_mlflow(c: Any, experiment_id: str, cell: CellSpec) -> Reuse:
     """A ``reuse`` callback: the student of the FINISHED single-method cell of ``ref`` (same everything else)."""
-    from kdbench.record import tracking as tr
-
     def reuse(ref: Ref):
         key = cell.model_copy(update={"method": ref}).spec_hash
-        try:
-            runs = c.search_runs(
-                [experiment_id],
-                filter_string=(f"tags.`{tr.TAG}spec_hash` = '{key}' and tags.`{tr.TAG}role` = '{tr.ROLE_CELL}' "
-                               "and attributes.status = 'FINISHED'"),
-                max_results=5, order_by=["attributes.start_time DESC"],
-            )
-            for run in runs:
-                with tempfile.TemporaryDirectory() as tmp:
-                    quiet = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-                    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-                    try:
-                        path = c.download_artifacts(run.info.run_id, "student.pt", tmp)
-                    except Exception:
-                        continue
-                    finally:
-                        if quiet is None:
-                            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
-                        else:
-                            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = quiet
-                    state = torch.load(path, map_location="cpu", weights_only=True)
-                return state, dict(run.data.metrics), f"run {run.info.run_id} ({ref}, spec {key[:12]})"
-        except Exception:  # the store cannot say: train it
+        found = finished_student(c, experiment_id, key)  # None: not there, or the store cannot say: train it
+        if found is None:
             return None
-        return None
+        state, metrics, run_id = found
+        return state, metrics, f"run {run_id} ({ref}, spec {key[:12]})"
 
     return reuse
-
-
-def save_to_tmp(result: MethodResult, directory: str) -> tuple[str, int]:
-    path = os.path.join(directory, result.artifact_name)
-    result.save(path)
-    return path, os.path.getsize(path)

@@ -35,6 +35,13 @@ class TrainingProgress:
             self._bar.update(self._task, completed=step, status=f"epoch {epoch}/{self.epochs} loss {loss:.3f}")
 
     def on_epoch(self, r: EpochResult) -> None:
+        if r.phase == "pretrain":
+            line = f"  {self.label} pre-training epoch {r.epoch}: loss {r.train_loss:.3f} ({r.seconds:.1f}s)"
+            if self._bar is not None:
+                self._bar.console.print(line)
+            else:
+                print(line, file=sys.stderr, flush=True)
+            return
         elapsed = time.perf_counter() - self.start
         eta = elapsed / r.epoch * (self.epochs - r.epoch)
         line = (

@@ -14,7 +14,10 @@ import timm
 import torch
 from pydantic import ValidationError
 
-from kdbench.record import tracking as tr
+from kdbench.record.client import tracking_uri
+from kdbench.record.liveness import reap_stale_runs
+from kdbench.record.reader import finished_spec_hashes
+from kdbench.record.writer import Writer
 from kdbench.core.api import CellResult, Job
 from kdbench.running.teachers import cache_dir
 from kdbench.running.cell import load_data, run_job, teacher_cache_key
@@ -29,6 +32,7 @@ FLAG_FOR = {
     ("methods",): "--methods", ("pairs",): "--pairs", ("datasets",): "--datasets", ("seeds",): "--seeds",
     ("hardware",): "--hardware", ("recipe", "epochs"): "--epochs", ("recipe", "batch_size"): "--batch-size",
     ("recipe", "lr"): "--lr", ("device",): "--device", ("executor",): "--executor",
+    ("teacher", "seeds"): "--teacher-seeds", ("teacher", "recipe", "epochs"): "--teacher-epochs",
 }
 
 
@@ -49,6 +53,8 @@ class Overrides:
     data_dir: str | None = None
     teacher_checkpoints: dict[str, str] = field(default_factory=dict)
     teacher_pretrained: bool | None = None
+    teacher_seeds: list[int] | None = None
+    teacher_epochs: int | None = None
 
 
 def find_suite(host: PluginHost, name_or_path: str) -> Suite:
@@ -75,9 +81,21 @@ def apply_overrides(suite: Suite, o: Overrides) -> Suite:
     for key, value in (("batch_size", o.batch_size), ("lr", o.lr)):
         if value is not None:
             data["recipe"][key] = value
+    # --epochs: the students' recipe only; teachers keep theirs unless --teacher-epochs says otherwise. A
+    # teacher sharing the students' recipe (``teacher.recipe`` unset) keeps sharing it when both flags agree.
+    shared = data["teacher"].get("recipe") is None and o.epochs is not None and o.teacher_epochs == o.epochs
+    if data["teacher"].get("recipe") is None and not shared and (o.epochs or o.teacher_epochs) is not None:
+        data["teacher"]["recipe"] = dict(data["recipe"])
     if o.epochs is not None:
-        for recipe in filter(None, (data["recipe"], data["teacher"].get("recipe"))):
-            _scale_epochs(recipe, o.epochs)
+        _scale_epochs(data["recipe"], o.epochs)
+    if o.teacher_epochs is not None and not shared:
+        _scale_epochs(data["teacher"]["recipe"], o.teacher_epochs)
+    if o.teacher_seeds is not None:
+        data["teacher"]["seeds"] = o.teacher_seeds
+        if data["teacher"].get("pairing") is None and len(o.teacher_seeds) != len(data["seeds"]):
+            data["teacher"]["pairing"] = "cross" if len(o.teacher_seeds) > 1 else "fixed"
+        if data["teacher"].get("pairing") == "fixed" or len(o.teacher_seeds) == 1:
+            data["teacher"]["seed"] = o.teacher_seeds[0]
     if o.teacher_checkpoints:
         data["teacher"]["checkpoints"] = {**data["teacher"].get("checkpoints", {}), **o.teacher_checkpoints}
     if o.teacher_pretrained is not None:
@@ -149,7 +167,7 @@ def _pair_method(method: Ref | Pipeline, pair_ref: Ref) -> Ref | Pipeline:
 
 
 def expand(suite: Suite, host: PluginHost, device: str) -> list[CellSpec]:
-    """The suite's cells, baseline first: datasets × pairs × methods × seeds.
+    """The suite's cells, baseline first: datasets × pairs × methods × (student seed, teacher seed).
 
     A pair entry may carry per-pair settings of the published recipe:
     ``recipe:`` (fields overriding the suite's recipe for that pair's students;
@@ -160,11 +178,13 @@ def expand(suite: Suite, host: PluginHost, device: str) -> list[CellSpec]:
     if not any(m.name == REFERENCE_METHOD for m in methods):
         methods.insert(0, Ref(name=REFERENCE_METHOD))
     methods.sort(key=lambda m: m.name != REFERENCE_METHOD)
+    # (student seed, teacher seed) units: the teacher is part of the seed (``SuiteTeacher.pairing``)
+    units = [(seed, t) for seed, ts in zip(suite.seeds, suite.teacher.seeds_for(suite.seeds)) for t in ts]
     cells = []
-    for dataset, pair_ref, method, seed in product(suite.datasets, suite.pairs, methods, suite.seeds):
+    for dataset, pair_ref, method, (seed, teacher_seed) in product(suite.datasets, suite.pairs, methods, units):
         pair = host.pairs.get(pair_ref.name)
         recipe = _pair_recipe(suite, pair_ref)
-        teacher = suite.teacher
+        teacher = suite.teacher.for_cell(teacher_seed)
         if recipe is not suite.recipe and teacher.recipe is None:
             teacher = teacher.model_copy(update={"recipe": suite.recipe})
         cells.append(CellSpec(
@@ -259,16 +279,16 @@ def run_suite(
     """Run every cell without a FINISHED run of its spec hash (all of them with ``force``).
 
     Runs of this suite left RUNNING by a process that is gone (``kill -9``, a
-    lost node) are marked KILLED first (``tracking.reap_stale_runs``), so their
+    lost node) are marked KILLED first (``kdbench.record.liveness.reap_stale_runs``), so their
     cells run again and nothing stays RUNNING forever.
     """
     start = time.perf_counter()
-    c = tr.client()
-    uri = tr.tracking_uri()
-    experiment_id = tr.ensure_experiment(c, tr.experiment_name(suite.name))
-    for run_id, reason in tr.reap_stale_runs(c, experiment_id):
+    writer = Writer.connect()
+    uri = tracking_uri()
+    experiment_id = writer.experiment(suite.name)
+    for run_id, reason in reap_stale_runs(writer.client, experiment_id):
         print(f"kdbench: run {run_id} was left RUNNING and {reason}: marked KILLED", file=sys.stderr, flush=True)
-    done = {} if force else tr.finished_spec_hashes(c, experiment_id)
+    done = {} if force else finished_spec_hashes(writer.client, experiment_id)
     todo = [cell for cell in cells if cell.spec_hash not in done]
     skipped = [CellResult(cell, "SKIPPED", done[cell.spec_hash]) for cell in cells if cell.spec_hash in done]
 
@@ -277,17 +297,9 @@ def run_suite(
     executor = host.executors.get(suite.executor)
     if executor.preflight is not None:  # may refuse (one line) before anything is recorded
         executor.preflight(suite, uri, len(todo))
-    parent = tr.start_run(c, experiment_id, f"{suite.name} ({len(todo)} cells)", {
-        tr.TAG + "role": tr.ROLE_INVOCATION,
-        tr.TAG + "suite": suite.name,
-        tr.TAG + "suite_version": suite.version,
-        tr.TAG + "command": shlex.join(command or sys.argv),
-        tr.TAG + "cells_total": len(cells),
-        tr.TAG + "cells_skipped": len(skipped),
-        **tr.environment_tags(host.plugin_versions()),
-    })
-    tr.log_params(c, parent, tr.flatten(suite.model_dump(mode="json")))
-    c.log_text(parent, suite.model_dump_json(indent=2), "suite.json")
+    parent = writer.start_invocation(experiment_id, suite, command=shlex.join(command or sys.argv),
+                                     cells_total=len(cells), cells_skipped=len(skipped),
+                                     plugin_versions=host.plugin_versions())
     env = worker_environment()
     jobs = [Job(cell, experiment_id, parent, uri, host.recipe, suite.resources, teacher_cache_key(cell), env)
             for cell in todo]
@@ -298,17 +310,11 @@ def run_suite(
     except BaseException as exc:  # Ctrl-C, SIGTERM (SystemExit under Ray), or the executor broke: nothing stays RUNNING
         status = "FAILED" if isinstance(exc, Exception) else "KILLED"
         reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        _end_parent(c, experiment_id, parent, status, f"invocation ended: {reason}")
+        writer.abort_invocation(experiment_id, parent, status, f"invocation ended: {reason}")
         raise
     failed = [r for r in results if r.status == "FAILED"]
-    try:
-        # a worker that died (OOM kill, lost node) cannot close its runs: say so instead of leaving them RUNNING
-        tr.close_open_children(c, experiment_id, parent, "FAILED", "its worker ended without closing the run")
-        tr.log_metrics(c, parent, {"cells_finished": len(results) - len(failed), "cells_failed": len(failed)})
-        c.set_terminated(parent, "FAILED" if failed else "FINISHED")
-    except tr.TrackingError as exc:
-        tr.stop_heartbeat(parent)
-        print(f"kdbench: could not record the end of run {parent}: {exc}", file=sys.stderr, flush=True)
+    # a worker that died (OOM kill, lost node) cannot close its runs: they are marked FAILED, not left RUNNING
+    writer.end_invocation(experiment_id, parent, finished=len(results) - len(failed), failed=len(failed))
     order = {cell.spec_hash: i for i, cell in enumerate(cells)}
     all_results = sorted(results + skipped, key=lambda r: order[r.cell.spec_hash])
     return SuiteRun(suite, cells, all_results, experiment_id, parent, time.perf_counter() - start)
@@ -321,23 +327,13 @@ def worker_environment() -> dict[str, str]:
     return env
 
 
-def _end_parent(c, experiment_id: str, parent: str, status: str, reason: str) -> None:
-    """Best effort on the way out: close the invocation run and any child run still open."""
-    try:
-        tr.close_open_children(c, experiment_id, parent, status, reason)
-        c.set_tag(parent, tr.TAG + "error", reason[: tr.MAX_PARAM_LEN])
-        c.set_terminated(parent, status)
-    except Exception as exc:
-        tr.stop_heartbeat(parent)
-        print(f"kdbench: could not mark run {parent} {status}: {exc}", file=sys.stderr, flush=True)
-
-
 def describe_cells(cells: list[CellSpec], finished: dict[str, str] | None = None) -> list[dict[str, Any]]:
     finished = finished or {}
     return [
         {
             "spec_hash": c.short_hash, "method": str(c.method), "pair": c.pair, "teacher": c.teacher_arch,
             "student": c.student_arch, "dataset": str(c.dataset), "seed": c.seed,
+            "teacher seed": c.teacher.seed if c.teacher_source == "trained" else c.teacher_source,
             "status": "done" if c.spec_hash in finished else "to run",
         }
         for c in cells

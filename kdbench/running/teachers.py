@@ -19,6 +19,7 @@ import json
 import os
 import sys
 import tempfile
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,9 +34,11 @@ from kdbench.core.config import CellSpec, canonical_hash
 from kdbench.engine.evaluate import evaluate
 from kdbench.engine.loop import EpochResult, train
 from kdbench.engine.objectives import CrossEntropy
-from kdbench.engine.models import create_model
+from kdbench.engine.seeding import torch_threads
+from kdbench.engine.models import count_params, create_model
 from kdbench.engine.seeding import seed_everything
 from kdbench.core.errors import ConfigError, KdbenchError
+from kdbench.running.progress import TrainingProgress
 
 CACHE_FORMAT = 1
 
@@ -64,7 +67,7 @@ def teacher_key(cell: CellSpec) -> str:
         "arch": cell.teacher_arch,
         "kwargs": cell.teacher_kwargs,
         "dataset": cell.dataset.model_dump(mode="json"),
-        "recipe": recipe.model_dump(mode="json"),
+        "recipe": recipe.canonical(),
         "seed": cell.teacher.seed,
         "device": cell.device,
         "init": "pretrained" if cell.teacher.pretrained else "random",
@@ -261,7 +264,9 @@ def _train_and_cache(cell, data, device, key, weights: Path, meta_path: Path, on
     recipe = cell.teacher.recipe or cell.recipe
     gen = seed_everything(cell.teacher.seed)
     model = _pretrained(cell, data) if cell.teacher.pretrained else _build(cell, data)
-    result = train(model, CrossEntropy(recipe.label_smoothing), None, data, recipe, device, gen, on_step=on_step, on_epoch=on_epoch)
+    with torch_threads(recipe.threads):
+        result = train(model, CrossEntropy(recipe.label_smoothing), None, data, recipe, device, gen,
+                       on_step=on_step, on_epoch=on_epoch)
     model.to("cpu")
     top1, top5 = result.last.test_top1, result.last.test_top5
 
@@ -277,3 +282,36 @@ def _train_and_cache(cell, data, device, key, weights: Path, meta_path: Path, on
     _atomic_write(weights, save_weights)
     _atomic_write(meta_path, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
     return Teacher(model.eval().requires_grad_(False), top1, top5, "trained", key, str(weights))
+
+
+def recorded_teacher(writer: Any, experiment_id: str, parent_run_id: str | None, cell: CellSpec, data: DataBundle,
+                     device: torch.device, plugin_versions: dict[str, str]) -> Teacher:
+    """:func:`get_teacher`; when the teacher must be trained, that training is a teacher run of its own
+    (``writer``: a :class:`kdbench.record.writer.Writer`), a child of ``parent_run_id``, with its epochs."""
+    state: dict[str, Any] = {}
+
+    def started(key: str) -> None:
+        state["run"] = writer.start_teacher(experiment_id, parent_run_id, cell, key, plugin_versions)
+        recipe = cell.teacher.recipe or cell.recipe
+        state["progress"] = TrainingProgress(f"teacher {cell.teacher_arch}", recipe.epochs, len(data.train) // recipe.batch_size)
+
+    def step(i: int, loss: float) -> None:
+        state["progress"].on_step(i, loss)
+
+    def epoch(r: EpochResult) -> None:
+        state["progress"].on_epoch(r)
+        writer.log_epoch(state["run"], r)
+
+    try:
+        teacher = get_teacher(cell, data, device, on_train_start=started, on_epoch=epoch, on_step=step)
+    except BaseException as exc:
+        if "run" in state:
+            status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+            writer.fail(state["run"], status, f"{type(exc).__name__}: {exc}".splitlines()[0], traceback.format_exc())
+        raise
+    finally:
+        if "progress" in state:
+            state["progress"].close()
+    if "run" in state:
+        writer.finish_teacher(state["run"], top1=teacher.top1, top5=teacher.top5, params=count_params(teacher.model))
+    return teacher

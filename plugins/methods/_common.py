@@ -82,3 +82,54 @@ def require_stages_resolved(method: str, stages) -> None:
         raise kdbench.ConfigError(
             f"{method}: feature stages are chosen from the models in check_pair(student, teacher); call it before training"
         )
+
+
+def stage_channels(model: nn.Module, method: str) -> list[int]:
+    """Channels of every feature tap (timm ``feature_info``), stem first."""
+    num_stages(model, method)
+    out = []
+    for entry in model.feature_info:
+        out.append(int(entry["num_chs"] if isinstance(entry, dict) else entry.num_chs))
+    return out
+
+
+def require_preact(method: str, student: nn.Module | None, teacher: nn.Module | None) -> None:
+    """Refuse a pair whose models cannot give pre-activation taps (``Distiller.student_preact``/``teacher_preact``)."""
+    from kdbench.engine.models import preact_unsupported
+
+    for role, model in (("student", student), ("teacher", teacher)):
+        if model is None:
+            continue
+        why = preact_unsupported(model)
+        if why:
+            raise kdbench.NotApplicableError(f"{method} needs the {role}'s pre-ReLU features: {why}")
+
+
+def as_linear(module: nn.Module | None) -> nn.Module | None:
+    """A classifier that is one ``nn.Linear``, possibly wrapped in a one-layer ``nn.Sequential`` (RepDistiller's
+    MobileNetV2 ``classifier.0``), as that Linear; anything else unchanged."""
+    if isinstance(module, nn.Sequential) and len(module) == 1 and isinstance(module[0], nn.Linear):
+        return module[0]
+    return module
+
+
+def linear_classifier(model: nn.Module, method: str, role: str) -> nn.Linear:
+    """The model's classifier, when it is one linear layer on globally average-pooled features (CAMs, SRD)."""
+    head = as_linear(model.get_classifier() if hasattr(model, "get_classifier") else None)
+    if not isinstance(head, nn.Linear):
+        raise kdbench.NotApplicableError(
+            f"{method} applies the {role}'s classifier to feature maps, but the {role}'s classifier is "
+            f"{type(head).__name__ if head is not None else 'missing'}, not one nn.Linear")
+    pool = getattr(model, "global_pool", "avg")
+    pool_type = pool if isinstance(pool, str) else getattr(pool, "pool_type", "avg")
+    if pool_type not in ("avg", "fast", ""):
+        raise kdbench.NotApplicableError(
+            f"{method} needs a classifier on average-pooled features; the {role} pools with {pool_type!r}")
+    return head
+
+
+def kl_div(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float) -> torch.Tensor:
+    """T² · KL(p_t || p_s) at temperature T, averaged over the batch (Hinton et al.'s KD term)."""
+    log_p_s = F.log_softmax(student_logits / T, dim=1)
+    log_p_t = F.log_softmax(teacher_logits.float() / T, dim=1)
+    return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * T * T

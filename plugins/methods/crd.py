@@ -183,10 +183,10 @@ def crd_kd(
 @kdbench.hookimpl
 def register_methods(register):
     register(kdbench.Method(
-        "crd", CRD, summary="contrastive representation distillation: NCE against N×128 momentum memory banks",
+        "crd", CRD, family="contrastive", summary="contrastive representation distillation: NCE against N×128 momentum memory banks",
         paper="Tian et al. 2020, arXiv:1910.10699",
     ))
     register(kdbench.Method(
-        "crd_kd", crd_kd, summary="CRD + KD (the CRD paper's CRD+KD row: CE + KL(T=4) + 0.8·CRD)",
+        "crd_kd", crd_kd, family="contrastive", summary="CRD + KD (the CRD paper's CRD+KD row: CE + KL(T=4) + 0.8·CRD)",
         paper="Tian et al. 2020, arXiv:1910.10699",
     ))

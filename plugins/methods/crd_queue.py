@@ -87,7 +87,7 @@ class CRDQueue(kdbench.Distiller):
 @kdbench.hookimpl
 def register_methods(register):
     register(kdbench.Method(
-        "crd_queue", CRDQueue,
+        "crd_queue", CRDQueue, family="contrastive",
         summary="memory-light CRD variant (not CRD): InfoNCE with in-batch + FIFO-queue negatives, no N×128 banks",
         paper="variant of Tian et al. 2020, arXiv:1910.10699 (queue as in He et al. 2020, arXiv:1911.05722)",
     ))

@@ -54,6 +54,6 @@ class PKT(kdbench.Distiller):
 @kdbench.hookimpl
 def register_methods(register):
     register(kdbench.Method(
-        "pkt", PKT, summary="probabilistic knowledge transfer: match in-batch cosine-similarity distributions",
+        "pkt", PKT, family="relations", summary="probabilistic knowledge transfer: match in-batch cosine-similarity distributions",
         paper="Passalis & Tefas 2018, arXiv:1803.10837",
     ))

@@ -65,6 +65,6 @@ class RKD(kdbench.Distiller):
 @kdbench.hookimpl
 def register_methods(register):
     register(kdbench.Method(
-        "rkd", RKD, summary="relational KD: match pairwise distances and triplet angles of the embeddings",
+        "rkd", RKD, family="relations", summary="relational KD: match pairwise distances and triplet angles of the embeddings",
         paper="Park et al. 2019, arXiv:1904.05068",
     ))
