@@ -66,7 +66,8 @@ def main() -> int:
     from kdbench.engine.models import create_model
     from kdbench.engine.seeding import seed_everything
     from kdbench.measurement.measure import measure_latency, target_threads
-    from kdbench.running.pipeline import _CrossEntropy, deploy_targets, standalone_context
+    from kdbench.engine.objectives import CrossEntropy
+    from kdbench.running.pipeline import deploy_targets, standalone_context
     from kdbench_plugins.datasets import build_glyphs
     from kdbench_plugins.methods.prune import StructuredPrune
     from kdbench_plugins.methods.quant import StaticInt8
@@ -78,7 +79,7 @@ def main() -> int:
     generator = seed_everything(0)
     model = create_model(args.arch, data.num_classes, data.input_size)
     t0 = time.perf_counter()
-    train(model, _CrossEntropy(), None, data, recipe, device, generator,
+    train(model, CrossEntropy(), None, data, recipe, device, generator,
           on_epoch=lambda r: print(f"  train epoch {r.epoch}/{args.epochs}: test top-1 {r.test_top1:.2f}%", flush=True))
     model.eval()
     print(f"trained {args.arch} in {time.perf_counter() - t0:.0f}s", flush=True)

@@ -23,20 +23,22 @@ from pathlib import Path
 
 
 def make_store(path: Path, runs: int, seed: int = 0) -> str:
-    from kdbench.record import tracking as tr
+    from kdbench.record import schema, store
+    from kdbench.record.client import client
+    from kdbench.record.writer import Writer
 
     uri = f"sqlite:///{path}"
-    c = tr.client(uri)
-    exp = tr.ensure_experiment(c, tr.experiment_name("bench"))
+    c = client(uri)
+    exp = store.ensure_experiment(c, schema.experiment_name("bench"))
     metrics = {"top1": 50.0, "top5": 80.0, "best_top1": 51.0, "teacher_top1": 70.0, "params": 1e6, "macs": 1e8,
                "size_bytes": 4e6, "extra_params": 0.0, "train_seconds": 10.0,
                "latency_p50_ms.cpu.fp32": 2.0, "throughput_ips.cpu.fp32": 500.0,
                "latency_p50_ms.cpu-1t.fp32": 4.0, "throughput_ips.cpu-1t.fp32": 250.0}
-    tags = {f"{tr.TAG}{k}": "x" for k in ("role", "spec_hash", "suite", "dataset", "pair", "method", "teacher",
+    tags = {f"{schema.PREFIX}{k}": "x" for k in ("role", "spec_hash", "suite", "dataset", "pair", "method", "teacher",
                                           "student", "seed", "version", "recipe_hash")}
-    template = tr.start_run(c, exp, "template", tags)
-    tr.log_metrics(c, template, metrics)
-    tr.log_params(c, template, {"recipe.epochs": 10, "recipe.lr": 0.05, "recipe.batch_size": 64})
+    template = Writer(c).start_run(exp, "template", tags)
+    store.log_metrics(c, template, metrics)
+    store.log_params(c, template, {"recipe.epochs": 10, "recipe.lr": 0.05, "recipe.batch_size": 64})
     c.set_terminated(template, "FINISHED")
 
     rng = random.Random(seed)
@@ -56,7 +58,7 @@ def make_store(path: Path, runs: int, seed: int = 0) -> str:
             "role": "cell", "spec_hash": f"{m}-{p}-{d}-{s}", "suite": "bench", "dataset": d, "pair": p, "method": m,
             "teacher": "t", "student": "st", "seed": str(s), "version": "0.1.0", "recipe_hash": "r",
         }
-        rows["tags"] += [{"key": tr.TAG + k, "value": v, "run_uuid": run_id} for k, v in values.items()]
+        rows["tags"] += [{"key": schema.PREFIX + k, "value": v, "run_uuid": run_id} for k, v in values.items()]
         if status == "FINISHED":
             for k, v in metrics.items():
                 v = v * (1 + rng.uniform(-0.1, 0.1))

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from kdbench.cli import cli
 from kdbench.core.host import reset_host
 
-FAST = ["--datasets", "glyphs(num_train=192,num_test=96)", "--epochs", "2", "--batch-size", "32"]
+FAST = ["--datasets", "glyphs(num_train=192,num_test=96)", "--epochs", "2", "--teacher-epochs", "2", "--batch-size", "32"]
 
 
 def invoke(*args: str):
@@ -72,30 +72,37 @@ def test_run_logs_cells_to_mlflow_resumes_and_builds_a_leaderboard(kdbench_env):
     assert again.output.count("SKIPPED") == 2
     assert len(cell_runs(client)) == 2
 
-    # a new seed reuses the cached teacher (no second teacher run) and adds two cells
+    # a new student seed trains against a teacher of its own seed (the teacher is part of the seed) and adds
+    # two cells; a teacher is trained once and then comes from the cache
     more = invoke("run", *FAST, "--seeds", "1")
     assert more.exit_code == 0, more.output
     runs = client.search_runs([exp.experiment_id])
-    assert sum(r.data.tags["kdbench.role"] == "teacher" for r in runs) == 1
+    teachers = [r for r in runs if r.data.tags["kdbench.role"] == "teacher"]
+    assert sorted(r.data.tags["kdbench.seed"] for r in teachers) == ["0", "1"]
     assert len(cell_runs(client)) == 4
+    assert {r.data.tags["kdbench.teacher_seed"] for r in cell_runs(client)} == {"0", "1"}
+    shared = invoke("run", *FAST, "--seeds", "2", "--teacher-seeds", "0")
+    assert shared.exit_code == 0, shared.output
+    runs = client.search_runs([exp.experiment_id])
+    assert sum(r.data.tags["kdbench.role"] == "teacher" for r in runs) == 2  # teacher 0 from the cache
 
     # --force reruns finished cells
     forced = invoke("run", *FAST, "--methods", "kd", "--force")
     assert forced.exit_code == 0 and forced.output.count("FINISHED") == 2
-    assert len(cell_runs(client)) == 6
+    assert len(cell_runs(client)) == 8
 
     board = invoke("leaderboard", "default", "--format", "json")
     assert board.exit_code == 0, board.output
     rows = {r["method"]: r for r in json.loads(board.output)}
-    assert rows["kd"]["seeds"] == 2 and rows["baseline"]["seeds"] == 2
+    assert rows["kd"]["seeds"] == 3 and rows["baseline"]["seeds"] == 3 and rows["kd"]["teachers"] == 2
     kd_runs = [r for r in cell_runs(client) if r.data.tags["kdbench.method"] == "kd"]
     latest = {}
     for r in sorted(kd_runs, key=lambda r: r.info.start_time):
         latest[r.data.tags["kdbench.seed"]] = r.data.metrics["top1"]
-    assert rows["kd"]["top1_mean"] == pytest.approx(sum(latest.values()) / 2)
-    base = {r.data.tags["kdbench.seed"]: r.data.metrics["top1"] for r in cell_runs(client)
-            if r.data.tags["kdbench.method"] == "baseline"}
-    assert rows["kd"]["delta_baseline"] == pytest.approx(sum(latest[s] - base[s] for s in base) / 2)
+    assert rows["kd"]["top1_mean"] == pytest.approx(sum(latest.values()) / 3)
+    base = {r.data.tags["kdbench.seed"]: r.data.metrics["top1"] for r in
+            sorted(cell_runs(client), key=lambda r: r.info.start_time) if r.data.tags["kdbench.method"] == "baseline"}
+    assert rows["kd"]["delta_baseline"] == pytest.approx(sum(latest[s] - base[s] for s in base) / 3)
     table = invoke("leaderboard", "default")
     assert table.exit_code == 0 and "kd" in table.output and "baseline" in table.output
 

@@ -70,15 +70,15 @@ def test_failed_runs_are_counted_not_averaged_and_reruns_count_once():
     assert board.loc["crd", "seeds"] == 0 and board.loc["crd", "failed"] == 2 and math.isnan(board.loc["crd", "top1_mean"])
     assert board.loc["fit", "failed"] == 0 and board.loc["fit", "top1_mean"] == pytest.approx(58.0)
     shown = display_frame(aggregate(f)).set_index("method")
-    assert shown.loc["crd", "top-1 (last epoch)"] == "—" and shown.loc["crd", "failed"] == 2
+    assert shown.loc["crd", "top-1"] == "—" and shown.loc["crd", "failed"] == 2
 
 
 def test_mixed_versions_and_recipes_are_flagged():
     f = frame(row("baseline", 0, 60.0), row("baseline", 1, 61.0, version="0.2.0"),
               row("kd", 0, 62.0), row("kd", 1, 63.0, recipe="r2"))
     board = aggregate(f).set_index("method")
-    assert board.loc["baseline", "mixed_versions"] and board.loc["baseline", "flags"] == "mixed kdbench versions"
-    assert board.loc["kd", "mixed_recipes"] and board.loc["kd", "flags"] == "mixed recipes"
+    assert board.loc["baseline", "mixed_versions"] and board.loc["baseline", "flags"] == "mixed kdbench versions, one teacher"
+    assert board.loc["kd", "mixed_recipes"] and board.loc["kd", "flags"] == "mixed recipes, one teacher"
 
 
 def test_speedup_against_the_fp32_student_baseline_and_pareto():
@@ -111,3 +111,67 @@ def test_ci_needs_two_values_and_published_lookup():
     board = aggregate(f, published).set_index("method")
     assert board.loc["kd", "paper_top1"] == 73.33
     assert "paper top-1" in display_frame(aggregate(f, published)).columns
+
+
+def test_one_pareto_front_per_target_across_precisions_and_fixed_columns_once():
+    # int8 rows carry only cpu.int8, fp32 rows only cpu.fp32: they compete on one cpu front
+    f = frame(
+        row("baseline", 0, 60.0, latency=2.0),
+        row("prune", 0, 58.0, latency=1.0),
+        row("quant", 0, 59.0, latency=math.nan, **{"latency_p50_ms.cpu.int8": 0.5}),
+        row("prune>quant", 0, 55.0, latency=math.nan, **{"latency_p50_ms.cpu.int8": 0.8}),  # dominated by quant
+    )
+    board = aggregate(f).set_index("method")
+    assert board["pareto.cpu.fp32"].to_dict() == {"baseline": True, "quant": False, "prune": False,
+                                                  "prune>quant": False}  # prune: beaten by the int8 quant
+    assert board["pareto.cpu.int8"].to_dict() == {"baseline": False, "quant": True, "prune": False,
+                                                  "prune>quant": False}
+    shown = display_frame(aggregate(f))
+    assert list(shown.columns[:5]) == ["rank", "method", "top-1", "95% CI", "Δ baseline"]
+    # the same on every row: stated once, not a column
+    assert "dataset" not in shown and shown.attrs["fixed"]["dataset"] == "d"
+    assert shown.attrs["fixed"]["pair"] == "p: T → S" and shown.attrs["fixed"]["seeds"] == "1"
+    # one set of columns for the cpu target, the precision on the row
+    assert list(shown["precision"]) == ["fp32", "int8", "fp32", "int8"]
+    assert list(shown["cpu ms"]) == ["2.00", "0.50", "1.00", "0.80"] and list(shown["cpu Pareto"]) == ["★", "★", "", ""]
+    full = display_frame(aggregate(f), compact=False)
+    assert "dataset" in full and full.attrs == {}
+
+
+def test_withheld_speedups_show_the_note_not_a_number():
+    board = aggregate(frame(row("baseline", 0, 60.0, latency=2.0), row("prune", 0, 58.0, latency=1.0)))
+    board["speedup.cpu.fp32"] = [1.0, math.nan]
+    board["speedup_note.cpu.fp32"] = [None, "unreliable (CV 7%)"]
+    shown = display_frame(board).set_index("method")
+    assert shown.loc["prune", "cpu speed-up"] == "unreliable (CV 7%)" and shown.loc["baseline", "cpu speed-up"] == "1.00×"
+
+
+def test_teachers_are_part_of_the_seed_and_delta_pairs_by_teacher_and_seed():
+    # student seed i trained against teacher i; teacher 1 is the better one and lifts both rows
+    f = frame(
+        row("baseline", 0, 60.0, teacher_seed=0, teacher_top1=80.0), row("baseline", 1, 70.0, teacher_seed=1, teacher_top1=84.0),
+        row("kd", 0, 62.0, teacher_seed=0, teacher_top1=80.0), row("kd", 1, 75.0, teacher_seed=1, teacher_top1=84.0),
+        row("kd", 0, 66.0, teacher_seed=1, teacher_top1=84.0, spec_hash="kd-0-t1", run_id="x"),  # a cross unit
+    )
+    f.loc[f["run_id"] == "x", "spec_hash"] = "kd-0-t1"
+    board = aggregate(f).set_index("method")
+    kd = board.loc["kd"]
+    assert kd["teachers"] == 2 and "one teacher" not in kd["flags"]
+    assert kd["teacher_top1"] == pytest.approx(82.0) and kd["teacher_top1_std"] == pytest.approx(math.sqrt(8.0))
+    # (t0, s0): 62-60; (t1, s1): 75-70; (t1, s0) has no baseline cell of its own: not paired
+    assert kd["paired_seeds"] == 2 and kd["delta_baseline"] == pytest.approx(3.5)
+
+
+def test_noisy_or_disturbed_measurements_give_no_speedup_number():
+    cv = "latency_cv.cpu.fp32"
+    quiet = frame(row("baseline", 0, 60.0, latency=2.0, **{cv: 0.01}), row("prune", 0, 58.0, latency=1.0, **{cv: 0.02}))
+    assert aggregate(quiet).set_index("method").loc["prune", "speedup.cpu.fp32"] == pytest.approx(2.0)
+    noisy = frame(row("baseline", 0, 60.0, latency=2.0, **{cv: 0.01}), row("prune", 0, 58.0, latency=1.0, **{cv: 0.09}))
+    board = aggregate(noisy).set_index("method")
+    assert math.isnan(board.loc["prune", "speedup.cpu.fp32"])
+    assert board.loc["prune", "speedup_note.cpu.fp32"] == "unreliable (CV 9%)"
+    loaded = frame(row("baseline", 0, 60.0, latency=2.0, measure_other_cpu=0.4), row("prune", 0, 58.0, latency=1.0))
+    assert "under load" in aggregate(loaded).set_index("method").loc["prune", "speedup_note.cpu.fp32"]
+    failed = frame(row("baseline", 0, None, status="FAILED", latency=None), row("prune", 0, 58.0, latency=1.0))
+    note = aggregate(failed).set_index("method").loc["prune", "speedup_note.cpu.fp32"]
+    assert note.startswith("no reference")

@@ -19,7 +19,7 @@ from kdbench.running.runner import expand
 from kdbench.testing import make_host, tiny_data
 from kdbench.running.teachers import Teacher
 
-FAST = ["--datasets", "glyphs(num_train=192,num_test=96)", "--epochs", "2", "--batch-size", "32"]
+FAST = ["--datasets", "glyphs(num_train=192,num_test=96)", "--epochs", "2", "--teacher-epochs", "2", "--batch-size", "32"]
 
 
 def _cell(method, **extra) -> CellSpec:
@@ -151,5 +151,6 @@ def test_cli_runs_a_pipeline_reusing_the_baseline_and_reports_int8_speed(kdbench
 
     board = kdbench.leaderboard("default")
     row = board[board["method"] == method].iloc[0]
-    assert row["speedup.cpu-1t.int8"] > 0  # against the fp32 baseline on the same target
+    # against the fp32 baseline on the same target; a noisy measurement is withheld and says why
+    assert row["speedup.cpu-1t.int8"] > 0 or row["speedup_note.cpu-1t.int8"].startswith("unreliable")
     assert row["size_bytes"] < board[board["method"] == "baseline"].iloc[0]["size_bytes"]

@@ -63,13 +63,15 @@ def test_four_cells_on_ray_log_to_a_tracking_server(kdbench_env, ray_cluster, ml
     by_role: dict[str, list] = {}
     for r in runs:
         by_role.setdefault(r.data.tags["kdbench.role"], []).append(r)
-    assert {k: len(v) for k, v in by_role.items()} == {"invocation": 1, "teacher": 1, "cell": 4}
+    # two student seeds, each against the teacher of its seed: two teachers, each trained once
+    assert {k: len(v) for k, v in by_role.items()} == {"invocation": 1, "teacher": 2, "cell": 4}
     (parent,) = by_role["invocation"]
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["kdbench.owner.pid"] == str(os.getpid())  # the driver made it before fanning out
-    (teacher,) = by_role["teacher"]  # trained once, by the teacher wave, not once per cell
-    assert teacher.info.status == "FINISHED"
-    assert teacher.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert sorted(t.data.tags["kdbench.seed"] for t in by_role["teacher"]) == ["0", "1"]  # by the teacher wave
+    for teacher in by_role["teacher"]:
+        assert teacher.info.status == "FINISHED"
+        assert teacher.data.tags["mlflow.parentRunId"] == parent.info.run_id
     for run in by_role["cell"]:
         assert run.info.status == "FINISHED"
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id

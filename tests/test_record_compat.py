@@ -16,9 +16,11 @@ from kdbench.cli import cli
 from kdbench.core.host import reset_host
 
 DATA = Path(__file__).parent / "data"
-# the command that wrote tests/data/store_v0_1_0.json (`--device cpu`: the cells were trained on a CPU); in
+# the command that wrote tests/data/store_v0_1_0.json (`--device cpu`: the cells were trained on a CPU), on the
+# default suite as 0.1.0 shipped it (tests/data/default_v0_1_0.yaml; the default suite has changed since); in
 # 0.1.0 `--epochs` also set the teachers' epochs, which takes `--teacher-epochs` too now
-OLD_RUN = ["run", "--seeds", "0,1", "--epochs", "1", "--teacher-epochs", "1", "--teacher-seeds", "0", "--datasets", "glyphs(num_train=256,num_test=128)",
+OLD_RUN = ["run", str(DATA / "default_v0_1_0.yaml"), "--seeds", "0,1", "--epochs", "1", "--teacher-epochs", "1",
+           "--datasets", "glyphs(num_train=256,num_test=128)",
            "--methods", "kd,kd>prune(ratio=0.3,finetune=none)", "--device", "cpu"]
 
 
@@ -84,7 +86,8 @@ def test_the_dump_loads_faithfully(old_store):
 
 # Leaderboard columns added since 0.1.0 built tests/data/store_v0_1_0_leaderboard.json. A new column is a
 # deliberate change of the leaderboard: name it here; every column 0.1.0 had must stay, with its values.
-ADDED_COLUMNS: tuple[str, ...] = ("rank_low", "rank_high", "tied_with_best")
+ADDED_COLUMNS: tuple[str, ...] = ("rank_low", "rank_high", "tied_with_best", "teachers", "teacher_top1_std",
+                                  "mixed_environments", "speedup_note.cpu.fp32")
 
 
 def test_a_store_written_by_0_1_0_reads_into_the_same_leaderboard(old_store):
@@ -94,6 +97,9 @@ def test_a_store_written_by_0_1_0_reads_into_the_same_leaderboard(old_store):
     assert [(r["method"], r["dataset"], r["pair"]) for r in got] == [
         (r["method"], r["dataset"], r["pair"]) for r in expected]  # same rows, same order
     for new_row, old_row in zip(got, expected):
+        # 0.1.0 trained every cell against one teacher; the board now says so (the one deliberate new flag)
+        assert new_row["teachers"] == 1 and new_row["flags"].startswith(old_row["flags"]) and "one teacher" in new_row["flags"]
+        new_row["flags"] = old_row["flags"]
         kept = [c for c in new_row if c not in ADDED_COLUMNS]
         assert kept == list(old_row), set(kept) ^ set(old_row)  # same columns, same order
         for col, value in old_row.items():

@@ -126,7 +126,7 @@ def test_imagenet_r34_r18_dry_run_on_an_imagefolder_tree(kdbench_env):
 def test_cifar100_standard_runs_on_a_tiny_cifar_directory(kdbench_env):
     root = write_cifar100(kdbench_env / "data")
     result = invoke("run", "cifar100-standard", "--data-dir", str(root), "--pairs", "resnet56-resnet20",
-                    "--methods", "dkd", "--seeds", "0", "--epochs", "1", "--batch-size", "16")
+                    "--methods", "dkd", "--seeds", "0", "--epochs", "1", "--teacher-epochs", "1", "--batch-size", "16")
     assert result.exit_code == 0, result.output
     client, runs = cell_runs("cifar100-standard")
     assert sorted(r.data.tags["kdbench.method"] for r in runs) == ["baseline", "dkd(beta=2.0)"]
@@ -146,7 +146,7 @@ def test_kd_methods_covers_every_distiller_and_runs_each_one(kdbench_env):
     assert distillers <= {m.name for m in suite.methods}
     assert len(distillers) >= 10 and suite.seeds == [0, 1, 2] and suite.pairs[0].name == "tiny"
 
-    result = invoke("run", "kd-methods", "--epochs", "1", "--datasets", "glyphs(num_train=128,num_test=64)",
+    result = invoke("run", "kd-methods", "--epochs", "1", "--teacher-epochs", "1", "--datasets", "glyphs(num_train=128,num_test=64)",
                     "--seeds", "0", "--batch-size", "32")
     assert result.exit_code == 0, result.output
     client, runs = cell_runs("kd-methods")
@@ -175,7 +175,7 @@ def test_kd_methods_covers_every_distiller_and_runs_each_one(kdbench_env):
 
 
 def test_a_method_that_cannot_apply_fails_before_training(kdbench_env):
-    result = invoke("run", "default", "--pairs", "tiny-vit", "--methods", "at", "--epochs", "1",
+    result = invoke("run", "default", "--pairs", "tiny-vit", "--methods", "at", "--epochs", "1", "--teacher-epochs", "1",
                     "--datasets", "glyphs(num_train=64,num_test=32)", "--batch-size", "32")
     assert result.exit_code == 1
     assert "NotApplicableError" in result.output and "vision transformer" in result.output

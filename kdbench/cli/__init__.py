@@ -13,6 +13,7 @@ class KdbenchGroup(click.Group):
     """Turns user mistakes into one line on stderr and exit code 2, and adds plugin commands."""
 
     _plugin_commands_added = False
+    with_executor_options: list[click.Command] = []  # commands that got the executors' options already
 
     def _add_plugin_commands(self, ctx: click.Context) -> None:
         if self._plugin_commands_added:
@@ -25,9 +26,9 @@ class KdbenchGroup(click.Group):
 
     def _add_executor_options(self, ctx: click.Context, cmd: click.Command) -> None:
         """``kdbench run`` gets the options executors contribute (``Executor.cli_options``)."""
-        if getattr(cmd, "_executor_options_added", False):
+        if cmd in self.with_executor_options:
             return
-        cmd._executor_options_added = True  # type: ignore[attr-defined]
+        self.with_executor_options.append(cmd)
         from kdbench.core.host import get_host
 
         have = {opt for p in cmd.params for opt in getattr(p, "opts", [])}

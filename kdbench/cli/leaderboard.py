@@ -45,7 +45,7 @@ def published_for(ctx: click.Context, suite: str | None) -> dict:
 def leaderboard_command(ctx, suite, fmt, out, dataset, pair, method, hardware, version, since, until, tracking_uri):
     """Leaderboard of SUITE (all kdbench suites if omitted): mean ± std and 95% CI over seeds,
     Δ against the student baseline paired by seed, Δ against the teacher, speed per target."""
-    from kdbench.results.leaderboards import build, display_frame, to_markdown
+    from kdbench.results.leaderboards import build, display_frame, numeric_column, to_markdown
     from kdbench.results.report import html_page
 
     board = build(suite, tracking_uri, dataset=dataset, pair=pair, method=method, hardware=hardware or None,
@@ -58,10 +58,13 @@ def leaderboard_command(ctx, suite, fmt, out, dataset, pair, method, hardware, v
     if fmt == "table":
         if out:
             raise KdbenchError("--out needs --format md, csv, json or html")
-        shown = display_frame(board)
-        table = Table(title=title)
+        shown = display_frame(board)  # what every row shares is said once, in the caption
+        fixed = "; ".join(f"{k}: {v}" for k, v in shown.attrs.get("fixed", {}).items())
+        table = Table(title=title, caption=f"Same for every row: {fixed}" if fixed else None, caption_justify="left")
         for col in shown.columns:
-            table.add_column(str(col), justify="left" if col in ("dataset", "pair", "method") else "right")
+            number = numeric_column(shown, col)
+            table.add_column(str(col), justify="right" if number else "left", overflow="fold",
+                             min_width=None if number else min(30, max(len(str(v)) for v in shown[col])))
         for row in shown.itertuples(index=False):
             table.add_row(*[str(v) for v in row])
         Console(width=250 if not Console().is_terminal else None).print(table)

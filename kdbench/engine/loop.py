@@ -251,7 +251,8 @@ def train(
                     loss = sum(terms.values())
                 if not torch.isfinite(loss):
                     parts = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
-                    raise NonFiniteLossError(f"{phase} loss is {loss.item()} at epoch {epoch + 1}, step {step} ({parts})")
+                    where = "pre-training " if pre else ""  # the main phase keeps the message people grep for
+                    raise NonFiniteLossError(f"{where}loss is {loss.item()} at epoch {epoch + 1}, step {step} ({parts})")
                 lr = optimizer.param_groups[0]["lr"]
                 optimizer_step(loss, optimizer, params, recipe.grad_clip, scaler)
                 scheduler.step()

@@ -54,6 +54,7 @@ from torch import nn
 
 from kdbench.core.api import Hardware
 from kdbench.core.config import MeasureSpec
+from kdbench.engine.seeding import torch_threads
 from kdbench.measurement.memory import MemoryProbe
 from kdbench.measurement.static import MACS_COUNTER, count_macs, size_on_disk_bytes, static_metrics
 from kdbench.measurement.targets import (
@@ -66,20 +67,9 @@ from kdbench.record.schema import on_target
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 THROUGHPUT_MIN_CALLS = 3
-TAG_PREFIX = schema.fill(schema.MEASURE_TARGET, target="")  # transitional (kdbench.testing): use the schema's names
 
 
 # --------------------------------------------------------------------------- one target
-
-
-@contextlib.contextmanager
-def _threads(n: int):
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 @contextlib.contextmanager
@@ -141,7 +131,7 @@ def measure_latency(
     memory = MemoryProbe(device)
     out: dict[str, float] = {}
     began = time.perf_counter()
-    with _threads(threads), _cudnn_benchmark(device):
+    with torch_threads(threads), _cudnn_benchmark(device):
         memory.start()
         m = copy.deepcopy(model).eval().to(device)
         if channels_last:
@@ -214,15 +204,6 @@ class TargetResult:
     @property
     def suffix(self) -> str:
         return f"{self.target}.{self.precision}" if self.precision else self.target
-
-
-def describe_target(hardware: Hardware) -> str:
-    threads = target_threads(hardware) if torch.device(hardware.device).type == "cpu" else hardware.threads
-    parts = [hardware.device]
-    if threads:
-        parts.append(f"{threads} thread{'s' if threads > 1 else ''}")
-    parts += [hardware.memory_format, hardware.mode, "/".join(hardware.measured_precisions)]
-    return ", ".join(parts)
 
 
 def measure_targets(

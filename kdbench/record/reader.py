@@ -32,6 +32,9 @@ FRAME_TAGS = {
 FRAME_LATE_TAGS = {
     "kdbench_version": schema.VERSION, "recipe_hash": schema.RECIPE_HASH, "error": schema.ERROR,
     "speedup_note": schema.SPEEDUP_NOTE,  # set when a method gives no speed-up by nature
+    "teacher_from": schema.TEACHER_FROM, "deployed_model": schema.DEPLOYED_MODEL,
+    "measure_session": schema.MEASURE_SESSION, "torch_version": schema.TORCH_VERSION,
+    "cpu_model": schema.fill(schema.ENV, key="cpu_model"),
 }
 
 
@@ -80,6 +83,8 @@ def runs_frame(runs: Iterable[Any]) -> Any:
                                "start_time": run.info.start_time}
         row.update({col: tags.get(tag) for col, tag in FRAME_TAGS.items()})
         row["seed"] = int(tags.get(schema.SEED, -1))
+        # runs older than teacher pairing trained every cell against the teacher of seed 0
+        row["teacher_seed"] = int(tags.get(schema.TEACHER_SEED, params.get("teacher.seed", 0)))
         row.update({col: tags.get(tag) for col, tag in FRAME_LATE_TAGS.items()})
         row["epochs"] = int(params[schema.RECIPE_EPOCHS]) if schema.RECIPE_EPOCHS in params else None
         row.update(run.data.metrics)

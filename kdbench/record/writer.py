@@ -49,7 +49,7 @@ def cell_tags(cell: Any, plugin_versions: Mapping[str, str], macs_counter: str, 
         s.ROLE: s.CELL, s.SPEC_HASH: cell.spec_hash, s.SUITE: cell.suite, s.SUITE_VERSION: cell.suite_version,
         s.METHOD: str(cell.method), s.METHOD_NAME: cell.method.name, s.PAIR: cell.pair,
         s.TEACHER_ARCH: cell.teacher_arch, s.STUDENT_ARCH: cell.student_arch, s.DATASET: str(cell.dataset),
-        s.SEED: cell.seed, s.DEVICE: cell.device, s.SCORE_EPOCH: "last", s.RECIPE_HASH: recipe_hash,
+        s.SEED: cell.seed, s.TEACHER_SEED: cell.teacher.seed, s.TEACHER_FROM: cell.teacher_source, s.DEVICE: cell.device, s.SCORE_EPOCH: "last", s.RECIPE_HASH: recipe_hash,
         s.MACS_COUNTER: macs_counter,
         **provenance_tags(plugin_versions),
     }
@@ -203,6 +203,13 @@ class Writer:
             schema.DATASET: str(cell.dataset), schema.SEED: cell.teacher.seed, schema.SUITE: cell.suite,
             **provenance_tags(plugin_versions),
         }, parent_run_id)
+
+    def log_measurement(self, run_id: str, metrics: Mapping[str, float], tags: Mapping[str, Any]) -> None:
+        """The measurement phase's figures, on a cell run that finished training."""
+        if metrics:
+            log_metrics(self.client, run_id, metrics)
+        if tags:
+            set_tags(self.client, run_id, tags)
 
     def finish_teacher(self, run_id: str, *, top1: float, top5: float, params: int) -> None:
         self.finish(run_id, {schema.TOP1: top1, schema.TOP5: top5, schema.PARAMS: params})

@@ -13,9 +13,10 @@ import math
 import pandas as pd
 
 from kdbench.results import stats
-from kdbench.results.leaderboards import to_markdown
+from kdbench.results.leaderboards import split_fixed, to_markdown
 
 GROUP = ["suite", "dataset", "pair"]
+PAIR_KEY_COLUMNS = ("A", "B", "Δ (A − B)", "95% CI", "p", "p Holm")
 
 
 def _how_to_read(units: list[str], alpha: float) -> str:
@@ -63,7 +64,8 @@ def sections(board: pd.DataFrame, pairs: pd.DataFrame, cells: pd.DataFrame,
         title = f"{where.get('pair', '?')} on {where.get('dataset', '?')}"
         sentence = stats.detectable_sentence(p, alpha)
         mde = stats.detectable(p, alpha)["mde"]
-        shown = stats.display_pairs(p, alpha)
+        # the same on every row (pairs, test at equal seeds): said once above the table
+        shown = split_fixed(stats.display_pairs(p, alpha), keep=PAIR_KEY_COLUMNS)
         tables.append((f"Rank intervals: {title}", rank_view(g)))
         detect = "—" if math.isnan(mde) else f"{mde:.2f}"
         tables.append((f"Pairwise comparisons: {title} (detectable difference {detect} points)", shown))

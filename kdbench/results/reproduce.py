@@ -42,13 +42,37 @@ def manifest(suite: dict[str, Any], cells: list[dict[str, Any]], board: Any, com
             "environment": environment}
 
 
+def latest_suite(c: Any, suite: str) -> dict[str, Any]:
+    """The suite as its latest invocation ran it (its ``suite.json``)."""
+    from kdbench.record import reader, schema
+
+    runs = sorted(reader.invocation_runs(c, suite), key=lambda r: r.info.start_time)
+    for run in reversed(runs):
+        try:
+            with reader.artifact_path(c, run.info.run_id, schema.SUITE_JSON, quiet=True) as path:
+                return json.loads(Path(path).read_text())
+        except Exception:  # an invocation that died before it logged its suite
+            continue
+    raise ConfigError(f"no invocation of suite {suite!r} recorded its suite.json")
+
+
+def write_manifest(c: Any, suite: str, finished: Any, board: Any, command: str, environment: dict[str, str],
+                   out: Path) -> Path:
+    """``out/manifest.json``: what ``kdbench reproduce out`` reruns and compares (``finished``: the report's cells)."""
+    data = manifest(latest_suite(c, suite), published_cells(c, list(zip(finished["run_id"], finished["spec_hash"]))),
+                    board, command, environment)
+    path = Path(out) / MANIFEST
+    path.write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
+    return path
+
+
 def published_cells(c: Any, runs: list[tuple[str, str]]) -> list[dict[str, Any]]:
     """The full spec of each published cell ((run id, spec hash) pairs), from its run's ``cell_spec.json``."""
     from kdbench.record import reader, schema
 
     specs = []
     for run_id, spec_hash in runs:
-        with reader.artifact_path(c, run_id, schema.CELL_SPEC.name, quiet=True) as path:
+        with reader.artifact_path(c, run_id, schema.CELL_SPEC, quiet=True) as path:
             specs.append({**json.loads(Path(path).read_text()), "spec_hash": spec_hash})
     return specs
 

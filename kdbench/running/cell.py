@@ -14,10 +14,11 @@ from typing import Any
 import torch
 
 from kdbench.core.api import CellResult, DataBundle, Job
-from kdbench.core.config import CellSpec, canonical_hash, method_stages
+from kdbench.core.config import REFERENCE_METHOD, CellSpec, canonical_hash, method_stages
 from kdbench.engine.models import count_params
 from kdbench.engine.seeding import torch_threads
-from kdbench.measurement.measure import MACS_COUNTER, measure_on_targets, static_metrics
+from kdbench.measurement.measure import MACS_COUNTER, static_metrics
+from kdbench.measurement.phase import Pending, fingerprint, keep_for_measurement
 from kdbench.record import schema
 from kdbench.record.writer import Writer
 from kdbench.running.pipeline import stage_plan, deploy_targets, reuse_from_mlflow, run_method
@@ -115,11 +116,14 @@ def run_cell(job: Job, host: PluginHost) -> CellResult:
         final = dict(outcome.metrics)
         student_cpu = outcome.model.to("cpu")
         final.update(static_metrics(outcome.float_model.to("cpu"), data.input_size))
-        measured, measure_tags = measure_on_targets(
-            student_cpu, deploy_targets([host.hardware.get(h) for h in cell.hardware], outcome.deployment),
-            data.input_size, cell.measure,
-        )
-        final.update(measured)
+        # timed later, in the measurement phase, once per distinct deployed model (kdbench.measurement.phase)
+        key = fingerprint(student_cpu, cell.student_arch, cell.student_kwargs, data.input_size, outcome.deployment,
+                          run_id)
+        keep_for_measurement(Pending(
+            run_id, (str(cell.dataset), cell.pair), key, tuple(data.input_size),
+            deploy_targets([host.hardware.get(h) for h in cell.hardware], outcome.deployment),
+            reference=len(method_stages(cell.method)) == 1 and cell.method.name == REFERENCE_METHOD,
+        ), student_cpu)
         example = torch.stack([data.test[i][0] for i in range(min(8, len(data.test)))])
         for extra in host.call("extra_metrics", model=student_cpu, cell=cell, example=example):
             if extra:
@@ -129,7 +133,7 @@ def run_cell(job: Job, host: PluginHost) -> CellResult:
         artifact_bytes = writer.log_model(run_id, outcome.save, outcome.artifact_name)
         if outcome.pipeline:  # a compressed model: its size on disk is that of what its stages saved
             final[schema.SIZE_BYTES] = artifact_bytes
-        writer.finish(run_id, final, {**measure_tags, **outcome.tags})
+        writer.finish(run_id, final, {**outcome.tags, schema.DEPLOYED_MODEL: key})
         host.call("cell_finished", cell=cell, run_id=run_id, status="FINISHED", metrics=final)
         return CellResult(cell, "FINISHED", run_id, final, seconds=time.perf_counter() - start)
     except KeyboardInterrupt:

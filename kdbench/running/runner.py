@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from kdbench.record.client import tracking_uri
 from kdbench.record.liveness import reap_stale_runs
 from kdbench.record.reader import finished_spec_hashes
+from kdbench.record import schema
 from kdbench.record.writer import Writer
 from kdbench.core.api import CellResult, Job
 from kdbench.running.teachers import cache_dir
@@ -90,16 +91,12 @@ def apply_overrides(suite: Suite, o: Overrides) -> Suite:
         _scale_epochs(data["recipe"], o.epochs)
     if o.teacher_epochs is not None and not shared:
         _scale_epochs(data["teacher"]["recipe"], o.teacher_epochs)
-    if o.teacher_seeds is not None:
+    if o.teacher_seeds is not None:  # one seed: one shared teacher; as many as students: matched; else cross
         data["teacher"]["seeds"] = o.teacher_seeds
-        if data["teacher"].get("pairing") is None and len(o.teacher_seeds) != len(data["seeds"]):
-            data["teacher"]["pairing"] = "cross" if len(o.teacher_seeds) > 1 else "fixed"
-        if data["teacher"].get("pairing") == "fixed" or len(o.teacher_seeds) == 1:
-            data["teacher"]["seed"] = o.teacher_seeds[0]
-    if o.teacher_checkpoints:
-        data["teacher"]["checkpoints"] = {**data["teacher"].get("checkpoints", {}), **o.teacher_checkpoints}
-    if o.teacher_pretrained is not None:
-        data["teacher"]["pretrained"] = o.teacher_pretrained
+        if len(o.teacher_seeds) == 1:
+            data["teacher"].update(pairing="fixed", seed=o.teacher_seeds[0])
+        elif len(o.teacher_seeds) != len(data["seeds"]):
+            data["teacher"]["pairing"] = "cross"
     try:
         new = Suite.model_validate(data)
     except ValidationError as err:
@@ -307,6 +304,7 @@ def run_suite(
     try:
         with using(host):  # jobs run in this process get this very host
             results = executor.run(jobs, run_job)
+        measure_finished(writer, suite, results, parent, host)
     except BaseException as exc:  # Ctrl-C, SIGTERM (SystemExit under Ray), or the executor broke: nothing stays RUNNING
         status = "FAILED" if isinstance(exc, Exception) else "KILLED"
         reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -318,6 +316,60 @@ def run_suite(
     order = {cell.spec_hash: i for i, cell in enumerate(cells)}
     all_results = sorted(results + skipped, key=lambda r: order[r.cell.spec_hash])
     return SuiteRun(suite, cells, all_results, experiment_id, parent, time.perf_counter() - start)
+
+
+def pending_from_run(writer: Writer, result: CellResult, host: PluginHost) -> Any:
+    """A finished cell's dense student rebuilt from its ``student.pt`` (None for a compressed model)."""
+    from kdbench.measurement.models_io import load_model
+    from kdbench.measurement.phase import Pending, fingerprint
+
+    run = writer.client.get_run(result.run_id)
+    if run.data.tags.get(schema.DEPLOYMENT) or int(run.data.metrics.get("stages", 1)) > 1:
+        return None
+    try:
+        loaded = load_model(f"runs:/{result.run_id}", tracking_uri=writer.client.tracking_uri)
+    except Exception:
+        return None
+    cell = result.cell
+    key = fingerprint(loaded.model, cell.student_arch, cell.student_kwargs, loaded.input_size, None, result.run_id)
+    return Pending(result.run_id, (str(cell.dataset), cell.pair), key, tuple(loaded.input_size),
+                   [host.hardware.get(h) for h in cell.hardware], loaded.model,
+                   reference=cell.method.name == REFERENCE_METHOD)
+
+
+def measure_finished(writer: Writer, suite: Suite, results: list[CellResult], session: str,
+                     hosted: PluginHost) -> None:
+    """The measurement phase: after every cell trained, each distinct deployed model is measured once on
+    every target, in interleaved rounds (``kdbench.measurement.phase``); each cell's run gets the figures."""
+    from kdbench.measurement.environment import environment_tags
+    from kdbench.measurement.phase import measure_phase, take_pending
+
+    finished = [r.run_id for r in results if r.status == "FINISHED" and r.run_id]
+    pending = take_pending(finished)
+    for r in results:  # trained in another process (a worker): a dense student comes back from its artifact
+        if r.run_id in set(finished) - {p.run_id for p in pending}:
+            found = pending_from_run(writer, r, hosted)
+            if found is None:
+                writer.log_measurement(r.run_id, {}, {schema.MEASURE_NOTE: "not measured: trained in another process "
+                                       f"and not a dense student; measure it with `kdbench bench runs:/{r.run_id}`"})
+            else:
+                pending.append(found)
+    if not pending:
+        return
+    by_run = {r.run_id: r for r in results}
+    env = {**environment_tags(), schema.MEASURE_SESSION: session}
+
+    def log(run_id: str, metrics: dict[str, float], tags: dict[str, str]) -> None:
+        writer.log_measurement(run_id, metrics, {**tags, **env})
+        by_run[run_id].metrics.update(metrics)
+
+    print(f"kdbench: measuring {len({p.key for p in pending})} distinct model(s) of {len(pending)} cell(s), "
+          f"{suite.measure.rounds} interleaved round(s) per target", file=sys.stderr, flush=True)
+    try:
+        measure_phase(pending, suite.measure, log)
+    except Exception as exc:  # the cells trained and are recorded: a measurement crash must not lose them
+        print(f"kdbench: the measurement phase failed: {type(exc).__name__}: {exc}".splitlines()[0],
+              file=sys.stderr, flush=True)
 
 
 def worker_environment() -> dict[str, str]:

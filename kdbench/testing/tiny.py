@@ -114,7 +114,8 @@ def run_tiny_suite(
     store, else a throwaway store. With ``check``, a cell that is not
     FINISHED raises :class:`ContractError` with its error and traceback.
     """
-    from kdbench.record import tracking as tr
+    from kdbench.record import schema
+    from kdbench.record.client import client
     from kdbench.results import leaderboards
     from kdbench.running.runner import expand, preflight, run_suite
 
@@ -124,13 +125,13 @@ def run_tiny_suite(
     want_baseline = (REFERENCE_METHOD in listed) if baseline is None else baseline
     with tracking_for_check(tracking_uri) as uri, using(host):
         fresh_store(uri)
-        _experiment_beside_store(uri, tr.experiment_name(suite.name))
+        _experiment_beside_store(uri, schema.experiment_name(suite.name))
         cells = expand(suite, host, "cpu")
         if not want_baseline:
             cells = [c for c in cells if c.method.name != REFERENCE_METHOD]
         preflight(suite, host, cells)
         run = run_suite(host, suite, cells, force=True, command=["kdbench.testing.run_tiny_suite"])
-        c = tr.client(uri)
+        c = client(uri)
         runs = {r.run_id: c.get_run(r.run_id) for r in run.results if r.run_id}
         if check:
             problems = []
@@ -147,14 +148,15 @@ def run_tiny_suite(
 
 def _experiment_beside_store(uri: str, name: str) -> None:
     """Create the suite's experiment with its artifacts next to a SQLite store (not in ./mlruns of the cwd)."""
-    from kdbench.record import tracking as tr
+    from kdbench.record import schema
+    from kdbench.record.client import client
 
     if not uri.startswith("sqlite:///"):
         return
-    c = tr.client(uri)
+    c = client(uri)
     if c.get_experiment_by_name(name) is None:
         folder = Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts"
-        c.create_experiment(name, artifact_location=folder.as_uri(), tags={tr.TAG + "managed": "true"})
+        c.create_experiment(name, artifact_location=folder.as_uri(), tags={schema.MANAGED: "true"})
 
 
 def _traceback_tail(c, run_id: str | None, lines: int = 25) -> str:

@@ -6,7 +6,6 @@ d = Σ_{c,h,w} (r(s) - max(t, m))² [r(s) > max(t, m) or t > 0] / N;  L = CE + w
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest

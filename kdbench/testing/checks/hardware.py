@@ -40,6 +40,7 @@ def check_hardware(
     """
     from kdbench.engine.models import create_model
     from kdbench.measurement import measure
+    from kdbench.record import schema
 
     hardware, host = resolve(host, "hardware", hardware)
     name = hardware.name
@@ -77,7 +78,7 @@ def check_hardware(
         run = result.runs[cell.run_id]
         if reason is None and not any(k.startswith("latency_p50_ms." + name + ".") for k in run.data.metrics):
             fail(f"hardware {name!r}: the cell's run has no latency_p50_ms.{name}.* metric")
-        if reason is not None and not run.data.tags.get(f"{measure.TAG_PREFIX}{name}", "").startswith("skipped"):
+        if reason is not None and not run.data.tags.get(schema.fill(schema.MEASURE_TARGET, target=name), "").startswith("skipped"):
             fail(f"hardware {name!r}: unavailable here, but the cell's run does not say it was skipped")
         report.cell = cell
     return report
