@@ -44,7 +44,10 @@ def clear_data_cache() -> None:
 
 def recipe_hash(cell: CellSpec) -> str:
     """16 hex of the cell's recipe and teacher: rows with different recipes must not be averaged together silently."""
-    return canonical_hash({"recipe": cell.recipe.canonical(), "teacher": cell.canonical()["teacher"]})[:16]
+    teacher = dict(cell.canonical()["teacher"])
+    if teacher.get("seed", 0) != 0:  # the teacher's draw is a seed like the student's, not a recipe (0: as before)
+        teacher["seed"] = 0
+    return canonical_hash({"recipe": cell.recipe.canonical(), "teacher": teacher})[:16]
 
 
 def run_job(job: Job) -> CellResult:
