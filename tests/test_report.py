@@ -177,3 +177,14 @@ def test_a_compression_board_reads_at_1280_px_in_chromium(tmp_path):
     dom = subprocess.run([browser, *flags, "--dump-dom", path.as_uri()], capture_output=True, text=True, timeout=120)
     right, width = map(float, re.search(r"<title>width ([\d.]+) of ([\d.]+)</title>", dom.stdout).groups())
     assert right <= width, f"the table runs {right - width:.0f} px off a 1280 px window"
+
+
+def test_the_report_says_how_busy_the_machine_was_while_measuring():
+    import pandas as pd
+
+    from kdbench.results.report import measurement_load
+
+    frame = pd.DataFrame({"measure_other_cpu": [0.01, 0.052], "measure_load1": [0.4, 1.08]})
+    text = measurement_load(frame)
+    assert "5.2% of the CPU" in text and "1.08" in text
+    assert measurement_load(pd.DataFrame({"top1": [1.0]})).startswith("not recorded")

@@ -53,6 +53,20 @@ def _when(ms: float) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def measurement_load(frame: pd.DataFrame) -> str:
+    """How busy the machine was while the measurement phase ran (the worst cell), from the cells' own record."""
+    other = frame[schema.MEASURE_OTHER_CPU].dropna() if schema.MEASURE_OTHER_CPU in frame else pd.Series([], dtype=float)
+    load = frame[schema.MEASURE_LOAD1].dropna() if schema.MEASURE_LOAD1 in frame else pd.Series([], dtype=float)
+    if other.empty and load.empty:
+        return "not recorded (runs made before the measurement phase)"
+    parts = []
+    if not other.empty:
+        parts.append(f"other processes used at most {other.max():.1%} of the CPU")
+    if not load.empty:
+        parts.append(f"1-minute load average at most {load.max():.2f} (kdbench's own training thread included)")
+    return "; ".join(parts)
+
+
 def provenance(c, suite: str, frame: pd.DataFrame, command: str) -> dict[str, str]:
     ids = reader.experiment_ids(c, suite)
     tags: dict[str, set[str]] = {}
@@ -76,6 +90,7 @@ def provenance(c, suite: str, frame: pd.DataFrame, command: str) -> dict[str, st
         "runs dated": f"{_when(frame['start_time'].min())} to {_when(frame['start_time'].max())}" if len(frame) else "—",
         "MLflow experiment": f"{schema.experiment_name(suite)} (id {', '.join(ids)}) at {current_tracking_uri()}",
         "report command": command,
+        "measurement load": measurement_load(frame),
     }
     out.update({f"environment: {k}": v for k, v in sorted(env.items())})
     return out
