@@ -97,6 +97,10 @@ def apply_overrides(suite: Suite, o: Overrides) -> Suite:
             data["teacher"].update(pairing="fixed", seed=o.teacher_seeds[0])
         elif len(o.teacher_seeds) != len(data["seeds"]):
             data["teacher"]["pairing"] = "cross"
+    if o.teacher_checkpoints:
+        data["teacher"]["checkpoints"] = {**data["teacher"].get("checkpoints", {}), **o.teacher_checkpoints}
+    if o.teacher_pretrained is not None:
+        data["teacher"]["pretrained"] = o.teacher_pretrained
     try:
         new = Suite.model_validate(data)
     except ValidationError as err:
