@@ -175,3 +175,15 @@ def test_noisy_or_disturbed_measurements_give_no_speedup_number():
     failed = frame(row("baseline", 0, None, status="FAILED", latency=None), row("prune", 0, 58.0, latency=1.0))
     note = aggregate(failed).set_index("method").loc["prune", "speedup_note.cpu.fp32"]
     assert note.startswith("no reference")
+
+
+def test_rows_deploying_the_baselines_own_model_show_1x_however_noisy_its_one_measurement():
+    cv = "latency_cv.cpu.fp32"
+    same = dict(latency=2.0, deployed_model="student-a", **{cv: 0.3})
+    f = frame(row("baseline", 0, 60.0, **same), row("kd", 0, 70.0, **same),
+              row("prune", 0, 58.0, latency=1.0, deployed_model="pruned-a", **{cv: 0.01}))
+    board = aggregate(f).set_index("method")
+    assert board.loc["kd", "speedup.cpu.fp32"] == 1.0 and pd.isna(board.loc["kd", "speedup_note.cpu.fp32"])
+    # a different model is a ratio of two measurements: the reference's 30% CV withholds it
+    assert math.isnan(board.loc["prune", "speedup.cpu.fp32"])
+    assert board.loc["prune", "speedup_note.cpu.fp32"] == "unreliable (CV 30%)"

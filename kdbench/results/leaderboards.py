@@ -190,6 +190,8 @@ def aggregate(frame: pd.DataFrame, published: Mapping[str, Any] | None = None,
                 base = ref.get(t.split(".")[0] + ".fp32", math.nan)
             speedup = base / lat if lat and not math.isnan(lat) and not no_speedup else math.nan
             note = speedup_problem(g, base_noise.get(tuple(key[:3])), t) if not math.isnan(lat) else None
+            if same_deployed_model(g, base_noise.get(tuple(key[:3]))) and lat == base:
+                speedup, note = 1.0, None  # one measurement of one model: 1.00× by identity, whatever its noise
             if note is None and math.isnan(base) and not math.isnan(lat) and not no_speedup:
                 note = "no reference: the student baseline failed or was not measured on this target"
             row["speedup." + t] = math.nan if note else speedup
@@ -237,6 +239,15 @@ def speedup_problem(rows: pd.DataFrame, reference: pd.DataFrame | None, target: 
     if sessions is not None and sessions.dropna().nunique() > 1:
         return "unreliable (row and reference measured in different sessions)"
     return None
+
+
+def same_deployed_model(rows: pd.DataFrame, reference: pd.DataFrame | None) -> bool:
+    """Whether a row and its reference deploy one and the same model (tag ``kdbench.deployed_model``):
+    then they share one measurement, and the speed-up is 1 by identity, not a ratio of two noisy figures."""
+    if reference is None or "deployed_model" not in rows or "deployed_model" not in reference:
+        return False
+    mine, theirs = set(rows["deployed_model"].dropna()), set(reference["deployed_model"].dropna())
+    return len(mine) == 1 and mine == theirs and rows["deployed_model"].notna().all()
 
 
 def comparisons(frame: pd.DataFrame) -> pd.DataFrame:

@@ -34,6 +34,7 @@ from kdbench.results.leaderboards import (
 from kdbench.results.leaderboards import comparisons as pairwise
 
 CELL_COLUMNS = ["run_id", "status", "spec_hash", "suite", "dataset", "pair", "method", "teacher", "student", "seed",
+                "teacher_seed", "deployed_model", "measure_other_cpu",
                 "epochs", "top1", "top5", "best_top1", "best_epoch", "teacher_top1", "params", "macs", "size_bytes",
                 "extra_params", "train_seconds", "kdbench_version", "recipe_hash", "start_time", "error"]
 
