@@ -484,3 +484,24 @@ def test_stage_choice_follows_feature_info():
     assert list(at.student_stages) == [2, 3, 4] and list(at.teacher_stages) == [1, 2, 3]
     with pytest.raises(kdbench.NotApplicableError, match="stage 9"):
         FitNet(student_stage=9).check_pair(timm.create_model("resnet8", num_classes=10), timm.create_model("resnet20", num_classes=10))
+
+
+def test_the_taps_column_says_which_distillers_read_intermediate_feature_maps():
+    """``kdbench list methods`` shows ``taps``; it must agree with the stages each distiller asks for."""
+    from kdbench.core.host import get_host
+
+    student = timm.create_model("resnet8", num_classes=5)
+    teacher = timm.create_model("wrn_16_1", num_classes=5)
+    checked = 0
+    for method in get_host().methods:
+        if method.kind != "distiller":
+            continue
+        d = method.build({})
+        try:
+            d.check_pair(student, teacher)  # stages are resolved against the pair here
+        except kdbench.ConfigError:
+            continue
+        asks = bool(tuple(d.student_stages) or tuple(d.teacher_stages))
+        assert asks == method.taps, f"{method.name}: taps={method.taps} but it asks for stages {d.student_stages}"
+        checked += 1
+    assert checked >= 25

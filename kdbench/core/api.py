@@ -156,6 +156,7 @@ class Method:
     paper: str = ""
     kind: Literal["distiller", "pruner", "quantizer"] = "distiller"
     family: str = ""  # distillers: logits | features | relations | contrastive (for `kdbench list methods --family`)
+    taps: bool = False  # distillers: reads intermediate feature maps (``student_stages``/``teacher_stages``)
 
     def defaults(self) -> dict[str, Any]:
         sig = inspect.signature(self.factory)

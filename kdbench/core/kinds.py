@@ -61,9 +61,9 @@ _RUN = '--datasets "glyphs(num_train=192,num_test=96)" --epochs 2 --batch-size 3
 KINDS: tuple[Kind, ...] = (
     Kind(
         "method", "methods", "register_methods", Method, "method",
-        lambda m: {"name": m.name, "kind": m.kind, "family": m.family, "summary": m.summary, "paper": m.paper,
-                   "options": m.defaults()},
-        ("name", "kind", "family", "paper", "summary", "options", "plugin"),
+        lambda m: {"name": m.name, "kind": m.kind, "family": m.family, "taps": m.taps, "summary": m.summary,
+                   "paper": m.paper, "options": m.defaults()},
+        ("name", "kind", "family", "taps", "paper", "summary", "options", "plugin"),
         scaffold=Scaffold("a distillation method (variational information distillation on the last stage)",
                           f"kdbench run --methods {{name}} {_RUN}"),
     ),

@@ -97,7 +97,7 @@ class AB(kdbench.Distiller):
 @kdbench.hookimpl
 def register_methods(register):
     register(kdbench.Method(
-        "ab", AB, family="features",
+        "ab", AB, family="features", taps=True,
         summary="activation boundaries: pre-train student + connectors to match the teacher's pre-ReLU signs, then CE",
         paper="Heo et al. 2019, AAAI, arXiv:1811.03233",
     ))

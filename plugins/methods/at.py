@@ -60,6 +60,6 @@ class AT(kdbench.Distiller):
 @kdbench.hookimpl
 def register_methods(register):
     register(kdbench.Method(
-        "at", AT, family="features", summary="attention transfer: match normalised spatial attention maps of every stage",
+        "at", AT, family="features", taps=True, summary="attention transfer: match normalised spatial attention maps of every stage",
         paper="Zagoruyko & Komodakis 2017, arXiv:1612.03928",
     ))

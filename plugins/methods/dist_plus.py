@@ -121,5 +121,5 @@ def register_methods(register):
         "dist_plus", DISTPlus,
         summary="DIST+: DIST's inter/intra-class correlation match plus channel and spatial correlations of the "
                 "last-stage features (torchdistill's definition)",
-        paper="Huang et al. TPAMI 2025, doi:10.1109/TPAMI.2025.3554235", family="logits",
+        paper="Huang et al. TPAMI 2025, doi:10.1109/TPAMI.2025.3554235", family="logits", taps=True,
     ))

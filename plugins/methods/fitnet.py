@@ -121,7 +121,7 @@ class FitNet(kdbench.Distiller):
 @kdbench.hookimpl
 def register_methods(register):
     register(kdbench.Method(
-        "fitnet", FitNet, family="features",
+        "fitnet", FitNet, family="features", taps=True,
         summary="FitNets hints: conv regressor + L2 to a teacher stage (joint, or the paper's two-stage hints→KD)",
         paper="Romero et al. 2015, arXiv:1412.6550",
     ))

@@ -98,7 +98,7 @@ class FSP(kdbench.Distiller):
 @kdbench.hookimpl
 def register_methods(register):
     register(kdbench.Method(
-        "fsp", FSP, family="relations",
+        "fsp", FSP, family="relations", taps=True,
         summary="flow of solution procedure: pre-train the student on the teacher's inter-stage FSP matrices, then CE",
         paper="Yim et al. 2017, CVPR",
     ))

@@ -137,7 +137,7 @@ class FT(kdbench.Distiller):
 @kdbench.hookimpl
 def register_methods(register):
     register(kdbench.Method(
-        "ft", FT, family="features",
+        "ft", FT, family="features", taps=True,
         summary="factor transfer: paraphraser pre-trained on the teacher's last stage, then translator + L1 on factors",
         paper="Kim et al. 2018, NeurIPS, arXiv:1802.04977",
     ))

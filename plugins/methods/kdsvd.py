@@ -145,7 +145,7 @@ class KDSVD(kdbench.Distiller):
 @kdbench.hookimpl
 def register_methods(register):
     register(kdbench.Method(
-        "kdsvd", KDSVD, family="relations",
+        "kdsvd", KDSVD, family="relations", taps=True,
         summary="SVD distillation: RBF relations between consecutive stages' leading singular vectors",
         paper="Lee et al. 2018, ECCV, arXiv:1807.06819",
     ))

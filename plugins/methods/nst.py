@@ -61,6 +61,6 @@ class NST(kdbench.Distiller):
 @kdbench.hookimpl
 def register_methods(register):
     register(kdbench.Method(
-        "nst", NST, family="features", summary="neuron selectivity transfer: polynomial-kernel MMD between channel activation patterns",
+        "nst", NST, family="features", taps=True, summary="neuron selectivity transfer: polynomial-kernel MMD between channel activation patterns",
         paper="Huang & Wang 2017, arXiv:1707.01219",
     ))

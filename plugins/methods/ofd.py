@@ -144,7 +144,7 @@ class OFD(kdbench.Distiller):
 @kdbench.hookimpl
 def register_methods(register):
     register(kdbench.Method(
-        "ofd", OFD, family="features",
+        "ofd", OFD, family="features", taps=True,
         summary="overhaul of feature distillation: pre-ReLU features, teacher-BN margins, partial L2 via 1×1 connectors",
         paper="Heo et al. 2019, ICCV, arXiv:1904.01866",
     ))

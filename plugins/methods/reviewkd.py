@@ -138,7 +138,7 @@ class ReviewKD(kdbench.Distiller):
 @kdbench.hookimpl
 def register_methods(register):
     register(kdbench.Method(
-        "reviewkd", ReviewKD, family="features",
+        "reviewkd", ReviewKD, family="features", taps=True,
         summary="knowledge review: attention-fused student stages (deep to shallow) vs teacher stages, HCL loss",
         paper="Chen et al. 2021, CVPR, arXiv:2104.09044",
     ))

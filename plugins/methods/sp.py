@@ -57,6 +57,6 @@ class SP(kdbench.Distiller):
 @kdbench.hookimpl
 def register_methods(register):
     register(kdbench.Method(
-        "sp", SP, family="relations", summary="similarity-preserving KD: match row-normalised batch Gram matrices of the last stage",
+        "sp", SP, family="relations", taps=True, summary="similarity-preserving KD: match row-normalised batch Gram matrices of the last stage",
         paper="Tung & Mori 2019, arXiv:1907.09682",
     ))

@@ -110,5 +110,5 @@ def register_methods(register):
     register(kdbench.Method(
         "uskd", USKD, summary="teacher-free NKD: the student's own squared target probability and Zipf non-target "
                               "soft labels ranked with a weak classifier on its penultimate stage",
-        paper="Yang et al. ICCV 2023, arXiv:2303.13005", family="logits",
+        paper="Yang et al. ICCV 2023, arXiv:2303.13005", family="logits", taps=True,
     ))

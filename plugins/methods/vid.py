@@ -83,7 +83,7 @@ class VID(kdbench.Distiller):
 @kdbench.hookimpl
 def register_methods(register):
     register(kdbench.Method(
-        "vid", VID, family="features",
+        "vid", VID, family="features", taps=True,
         summary="variational information distillation: Gaussian likelihood of every teacher stage given the student's",
         paper="Ahn et al. 2019, CVPR, arXiv:1904.05835",
     ))
