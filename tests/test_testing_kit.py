@@ -298,3 +298,12 @@ def test_the_package_keeps_its_public_names():
                  "kdbench_suite", "kdbench_tracking_uri", "make_host", "pytest_configure", "run_tiny_suite",
                  "tiny_data", "tiny_suite", "use_host"):
         assert name in kit.__all__ and hasattr(kit, name), name
+
+
+@pytest.mark.parametrize("name", ["at", "sp", "rkd", "pkt", "nst", "crd", "crd_kd", "crd_queue", "dkd", "dist",
+                                  "fitnet", "lskd"])
+def test_the_first_releases_distillers_keep_the_contract(host, name):
+    """The distillers of the first release (the later ones have a contract test in tests/methods/)."""
+    report = check_method(name, host=host, end_to_end=False)
+    assert "ce" in report.terms and len(report.terms) >= 2  # a distillation term besides cross-entropy
+    assert report.student_grad_norm > 0

@@ -44,7 +44,7 @@ def published_for(ctx: click.Context, suite: str | None) -> dict:
 @click.pass_context
 def leaderboard_command(ctx, suite, fmt, out, dataset, pair, method, hardware, version, since, until, tracking_uri):
     """Leaderboard of SUITE (all kdbench suites if omitted): mean ± std and 95% CI over seeds,
-    Δ against the student baseline paired by seed, Δ against the teacher, speed per target."""
+    Δ against the student baseline paired by (teacher seed, student seed), Δ against the teacher, speed per target."""
     from kdbench.results.leaderboards import build, display_frame, numeric_column, to_markdown
     from kdbench.results.report import html_page
 

@@ -9,7 +9,7 @@ record, :mod:`kdbench.record`), :func:`aggregate` turns rows into the leaderboar
   once, its latest finished run counts; failed or unfinished cells are
   counted in ``failed`` and never averaged in;
 - top-1/top-5 mean, sample std and a 95% confidence interval (Student's t)
-  over seeds; delta against the student baseline paired by seed; delta
+  over seeds; delta against the student baseline paired by (teacher, student) seed; delta
   against the teacher and retention (student / teacher);
 - per hardware target: latency p50, throughput, speed-up against the fp32
   student baseline, and a Pareto flag per precision (no other point of the

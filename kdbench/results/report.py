@@ -291,7 +291,7 @@ def write_report(suite: str, out: Path, *, tracking_uri: str | None = None, publ
 
     rule = ("Top-1 is scored at the last epoch of the recipe (the best epoch is logged as best_top1 but not ranked), "
             "as mean ± sample std over seeds, with a 95% Student-t confidence interval. Rank is the rank interval: "
-            "the ranks a row could hold given Holm-corrected paired tests. Δ baseline is paired by seed against the "
+            "the ranks a row could hold given Holm-corrected paired tests. Δ baseline is paired by (teacher seed, student seed) against the "
             "student trained alone. Speed-up is the fp32 student baseline's measured p50 latency divided by the "
             "row's, on the same target; where the measurements are too noisy to tell, the table says why instead "
             "of printing a number. Pareto ★: no other row on that target, in any precision, is at least as "
