@@ -3,6 +3,7 @@ accuracy per method, training curves."""
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -88,18 +89,20 @@ def _label_points(ax, points: list[dict[str, Any]], labels: dict[str, str]) -> N
     x0, x1 = ax.get_xlim()
     scale = (lambda v: math.log(v)) if ax.get_xscale() == "log" else (lambda v: v)  # noqa: E731
     anns = []
-    for p in sorted(points, key=lambda p: (p["acc"], p["lat"])):
-        right = (scale(p["lat"]) - scale(x0)) > 0.6 * (scale(x1) - scale(x0))
+    one_latency = len({p["lat"] for p in points}) == 1  # one deployed model: spread the labels to both sides
+    for i, p in enumerate(sorted(points, key=lambda p: (p["acc"], p["lat"]))):
+        right = (i % 2 == 1) if one_latency else (scale(p["lat"]) - scale(x0)) > 0.6 * (scale(x1) - scale(x0))
         anns.append(ax.annotate(labels.get(p["method"], p["method"]), (p["lat"], p["acc"]), textcoords="offset points",
                                 xytext=(-7 if right else 7, 3), ha="right" if right else "left", va="bottom",
                                 fontsize=7.5, color="#333",
                                 arrowprops={"arrowstyle": "-", "color": "#999", "lw": 0.6, "shrinkA": 0, "shrinkB": 4}))
     renderer = fig.canvas.get_renderer()
     placed = []
+    top = ax.get_window_extent(renderer).y1 + 40  # never nudge a label far out of its axes
     for a in anns:
         for _ in range(40):
             box = a.get_window_extent(renderer)
-            if not any(box.overlaps(o) for o in placed):
+            if not any(box.overlaps(o) for o in placed) or box.y1 > top:
                 break
             x, y = a.xyann
             a.xyann = (x, y + (box.height + 1) * 72 / fig.dpi)
@@ -147,18 +150,20 @@ def plot_accuracy_vs_latency(board: pd.DataFrame, hardware: str, path: Path) -> 
             ax.xaxis.set_minor_formatter(FuncFormatter(  # 20, 50, 200, 500: enough to read a log axis
                 lambda v, _: f"{v:g}" if v > 0 and f"{v:.0e}"[0] in "25" else ""))
         ax.margins(x=0.12, y=0.12)
-        ax.set_title(f"{pair} on {dataset}", fontsize=9)
+        one_model = len({p["lat"] for p in pts}) == 1 and len(pts) > 6
+        ax.set_title(f"{pair} on {dataset}" + (f": all {len(pts)} rows deploy one model (one latency); "
+                                               "labelled: the Pareto row" if one_model else ""), fontsize=9)
         ax.set_xlabel(f"measured latency p50 on {hardware}, ms (lower is better)")
         ax.set_ylabel("top-1 %, mean ± std over seeds")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, title="deployed precision", title_fontsize=8, loc="best")
-        _label_points(ax, pts, labels)
+        _label_points(ax, [p for p in pts if p["pareto"]] if one_model else pts, labels)
     fig.suptitle(f"Accuracy vs measured latency on {hardware}: all precisions, one Pareto front (circled)",
                  fontsize=10)
     if common:
-        fig.text(0.01, 0.005, "options the same wherever used, left out of the labels: " + ", ".join(common),
-                 fontsize=7, color="#555", va="bottom")
-    fig.tight_layout(rect=(0, 0.025 if common else 0, 1, 1))
+        note = textwrap.fill("options the same wherever used, left out of the labels: " + ", ".join(common), 160)
+        fig.text(0.01, 0.005, note, fontsize=7, color="#555", va="bottom")
+    fig.tight_layout(rect=(0, 0.02 * (1 + note.count("\n")) if common else 0, 1, 1))
     fig.savefig(path)
     plt.close(fig)
     return path
