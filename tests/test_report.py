@@ -188,3 +188,21 @@ def test_the_report_says_how_busy_the_machine_was_while_measuring():
     text = measurement_load(frame)
     assert "5.2% of the CPU" in text and "1.08" in text
     assert measurement_load(pd.DataFrame({"top1": [1.0]})).startswith("not recorded")
+
+
+def test_many_rows_at_one_latency_plot_without_stacking_their_labels_out_of_the_figure(tmp_path):
+    """32 distillers deploying one student (the kd-methods report) once stacked 32 labels upwards until
+    matplotlib's rasteriser overflowed; now only the Pareto row is labelled and the PNG is written."""
+    from kdbench.results.leaderboards import aggregate
+    from kdbench.results.report import plot_accuracy_vs_latency
+
+    rows = [{"run_id": f"m{i}-{s}", "status": "FINISHED", "start_time": s, "spec_hash": f"m{i}-{s}", "suite": "k",
+             "dataset": "glyphs", "pair": "tiny", "method": "baseline" if i == 0 else f"method{i:02d}",
+             "teacher": "T", "student": "S", "seed": s, "teacher_seed": s, "kdbench_version": "0.1.0",
+             "recipe_hash": "r", "top1": 40.0 + i + s, "top5": 90.0, "teacher_top1": 80.0, "params": 1e5,
+             "deployed_model": "student", "latency_p50_ms.cpu.fp32": 0.92} for i in range(32) for s in (0, 1, 2)]
+    board = aggregate(pd.DataFrame(rows))
+    assert (board["speedup.cpu.fp32"] == 1.0).all()  # one deployed model: 1.00× for every row
+    path = plot_accuracy_vs_latency(board, "cpu", tmp_path / "cpu.png")
+    with Image.open(path) as image:
+        assert image.size[1] < 2000  # the figure keeps its size: no label pushed thousands of pixels away

@@ -190,8 +190,6 @@ def aggregate(frame: pd.DataFrame, published: Mapping[str, Any] | None = None,
                 base = ref.get(t.split(".")[0] + ".fp32", math.nan)
             speedup = base / lat if lat and not math.isnan(lat) and not no_speedup else math.nan
             note = speedup_problem(g, base_noise.get(tuple(key[:3])), t) if not math.isnan(lat) else None
-            if same_deployed_model(g, base_noise.get(tuple(key[:3]))) and lat == base:
-                speedup, note = 1.0, None  # one measurement of one model: 1.00× by identity, whatever its noise
             if note is None and math.isnan(base) and not math.isnan(lat) and not no_speedup:
                 note = "no reference: the student baseline failed or was not measured on this target"
             row["speedup." + t] = math.nan if note else speedup
@@ -225,9 +223,12 @@ def aggregate(frame: pd.DataFrame, published: Mapping[str, Any] | None = None,
 def speedup_problem(rows: pd.DataFrame, reference: pd.DataFrame | None, target: str) -> str | None:
     """Why a speed-up on ``target`` cannot be shown as a number, or None. Unreliable when the round-to-round
     CV of the row's or its reference's p50 is above ``phase.MAX_CV``, when other processes used more than
-    ``phase.MAX_OTHER_CPU`` of the machine meanwhile, or when the two were measured in different sessions."""
+    ``phase.MAX_OTHER_CPU`` of the machine meanwhile, or when the two were measured in different sessions;
+    never when the row deploys the reference's own model (one shared measurement)."""
     from kdbench.measurement.phase import MAX_CV, MAX_OTHER_CPU
 
+    if same_deployed_model(rows, reference):
+        return None  # one measurement of one model: the ratio is 1 by identity, whatever its noise
     both = pd.concat([rows, reference]) if reference is not None else rows
     cv = both.get(LATENCY_CV + target)
     if cv is not None and cv.notna().any() and cv.max() > MAX_CV:
