@@ -28,8 +28,7 @@ from typing import Any
 
 import kdbench
 from kdbench.core.errors import ConfigError
-
-FORWARDED_ENV = ("KDBENCH_", "MLFLOW_")
+from kdbench.running.workers import apply_env
 
 SERVER_HINT = (
     "start a tracking server (mlflow server --backend-store-uri sqlite:///mlflow.db "
@@ -107,18 +106,9 @@ def preflight(suite, tracking_uri: str, n_cells: int) -> None:
               "node mounts, or each node trains its own teachers", file=sys.stderr, flush=True)
 
 
-def _apply_env(env: dict[str, str], cwd: str) -> None:
-    """In the worker: the driver's KDBENCH_/MLFLOW_ environment (``Job.env``) and working directory."""
-    for key in [k for k in os.environ if k.startswith(FORWARDED_ENV) and k not in env]:
-        del os.environ[key]
-    os.environ.update(env)
-    if os.path.isdir(cwd):
-        os.chdir(cwd)
-
-
 def _task(fn, job, cwd: str, *after: Any):
     """A Ray task: run ``fn(job)`` (``run_job`` or ``prepare_teacher``) once ``after`` (teacher tasks) are done."""
-    _apply_env(getattr(job, "env", {}), cwd)
+    apply_env(getattr(job, "env", {}), cwd)
     return fn(job)
 
 

@@ -97,3 +97,39 @@ def test_feature_taps_reach_the_distiller(data):
     (s_shapes, t_shapes, n) = seen["shapes"]
     assert len(s_shapes) == 1 and len(t_shapes) == 1 and n == 192
     assert seen["features"] == (1, 1)
+
+
+def test_figures_read_once_per_epoch_equal_the_per_step_ones(data):
+    """The loop sums loss, terms and accuracy where it trains and reads them once per epoch."""
+    steps: list[tuple[int, float, float, int]] = []
+
+    class Recording(KD):
+        def loss_terms(self, batch):
+            terms = super().loss_terms(batch)
+            if self.training:  # not the set-up's probe pass
+                correct = int((batch.student.logits.argmax(1) == batch.targets).sum())
+                steps.append((batch.epoch, float(sum(terms.values()).detach()), float(terms["kd"].detach()), correct))
+            return terms
+
+    _, result = _train_student(data, 3, distiller=Recording(), teacher=_teacher(data))
+    for r in result.history:
+        mine = [s for s in steps if s[0] == r.epoch - 1]
+        n = RECIPE.batch_size * len(mine)
+        assert len(mine) == 192 // RECIPE.batch_size
+        assert r.train_loss == pytest.approx(sum(s[1] * RECIPE.batch_size for s in mine) / n, rel=1e-12)
+        assert r.terms["kd"] == pytest.approx(sum(s[2] * RECIPE.batch_size for s in mine) / n, rel=1e-12)
+        assert r.train_top1 == 100.0 * sum(s[3] for s in mine) / n
+
+
+def test_a_late_read_names_the_first_non_finite_step():
+    """On an accelerator the host reads the tally every few steps: the first bad step is still the one named."""
+    from kdbench.engine.loop import _Tally
+
+    tally = _Tally(torch.device("cpu"), check_every=50)
+    logits, targets = torch.zeros(4, 3), torch.zeros(4, dtype=torch.long)
+    for step, value in enumerate([1.0, 2.0, float("inf"), float("nan"), 3.0]):
+        terms = {"ce": torch.tensor(value), "kd": torch.tensor(0.5)}
+        tally.add(sum(terms.values()), terms, logits, targets, step)
+        assert not tally.due(step + 1)
+    with pytest.raises(NonFiniteLossError, match=r"loss is inf at epoch 2, step 2 \(ce=inf, kd=0\.5\)"):
+        tally.raise_if_nonfinite(epoch=1, pretrain=False)

@@ -57,6 +57,56 @@ class TrainResult:
         return max(self.history, key=lambda r: (r.test_top1, -r.epoch))
 
 
+SYNC_EVERY = 50  # on an accelerator, the host reads the step's figures (NaN check, progress) this often
+
+
+class _Tally:
+    """An epoch's loss, loss terms and accuracy, summed where the training runs and read on the host only
+    when asked: a per-step ``.item()`` would make the host wait for an accelerator at every step. The
+    first step with a non-finite loss is remembered on the device (its index and values) until read."""
+
+    def __init__(self, device: torch.device, check_every: int):
+        dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+        self.check_every, self.seen = check_every, 0
+        self.loss = torch.zeros((), device=device, dtype=dtype)
+        self.correct = torch.zeros((), device=device, dtype=torch.int64)
+        self.terms: dict[str, torch.Tensor] = {}
+        self.bad_step = torch.full((), -1, device=device, dtype=torch.int64)
+        self.bad_values: torch.Tensor | None = None
+
+    def add(self, loss: torch.Tensor, terms: dict[str, torch.Tensor], logits: torch.Tensor,
+            targets: torch.Tensor, step: int) -> None:
+        n = targets.size(0)
+        self.seen += n
+        loss = loss.detach()
+        self.loss += loss.to(self.loss.dtype) * n
+        for k, v in terms.items():
+            self.terms[k] = self.terms.get(k, 0.0) + v.detach().to(self.loss.dtype) * n
+        self.correct += (logits.detach().argmax(1) == targets).sum()
+        values = torch.stack([loss.float()] + [v.detach().float() for v in terms.values()])
+        first = ~torch.isfinite(loss) & (self.bad_step < 0)
+        self.bad_step = torch.where(first, step, self.bad_step)
+        self.bad_values = values if self.bad_values is None else torch.where(first, values, self.bad_values)
+
+    def due(self, step: int) -> bool:
+        return step % self.check_every == 0
+
+    def raise_if_nonfinite(self, epoch: int, pretrain: bool) -> None:
+        step = int(self.bad_step)
+        if step < 0:
+            return
+        loss, *parts = self.bad_values.tolist()
+        names = ", ".join(f"{k}={v:.4g}" for k, v in zip(self.terms, parts))
+        where = "pre-training " if pretrain else ""  # the main phase keeps the message people grep for
+        raise NonFiniteLossError(f"{where}loss is {loss} at epoch {epoch + 1}, step {step} ({names})")
+
+    def read(self) -> tuple[float, float, dict[str, float]]:
+        """(mean loss, top-1 % on the training batches, mean of each term): the epoch's one host read."""
+        seen = max(1, self.seen)
+        return (float(self.loss) / seen, 100.0 * int(self.correct) / seen,
+                {k: float(v) / seen for k, v in self.terms.items()})
+
+
 def make_optimizer(params: list[nn.Parameter], recipe: Recipe, lr: float | None = None) -> torch.optim.Optimizer:
     lr = recipe.lr if lr is None else lr
     if recipe.optimizer == "sgd":
@@ -219,6 +269,7 @@ def train(
     setup_distiller(distiller, student, teacher, data, device)
 
     steps_per_epoch = len(train_loader)
+    check_every = 1 if device.type == "cpu" else SYNC_EVERY
     autocast, scaler = _autocast(device, recipe)
     history: list[EpochResult] = []
     pretrain: list[EpochResult] = []
@@ -240,8 +291,7 @@ def train(
             t0 = time.perf_counter()
             student.train(student_learns)
             distiller.train()
-            loss_sum, correct, seen = 0.0, 0, 0
-            term_sums: dict[str, float] = {}
+            tally = _Tally(device, check_every)
             lr = optimizer.param_groups[0]["lr"]
             for images, targets, indices in train_loader:
                 targets, indices = targets.to(device, non_blocking=True), indices.to(device, non_blocking=True)
@@ -249,30 +299,23 @@ def train(
                     s_out, terms = forward_terms(student, teacher, distiller, images, targets, indices, epoch, step,
                                                  pretrain=pre, device=device, memory_format=memory_format)
                     loss = sum(terms.values())
-                if not torch.isfinite(loss):
-                    parts = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
-                    where = "pre-training " if pre else ""  # the main phase keeps the message people grep for
-                    raise NonFiniteLossError(f"{where}loss is {loss.item()} at epoch {epoch + 1}, step {step} ({parts})")
+                tally.add(loss, terms, s_out.logits, targets, step)
+                if tally.due(step):  # every step on a CPU (before the update); every few on an accelerator
+                    tally.raise_if_nonfinite(epoch, pre)
                 lr = optimizer.param_groups[0]["lr"]
                 optimizer_step(loss, optimizer, params, recipe.grad_clip, scaler)
                 scheduler.step()
-
-                n = targets.size(0)
-                loss_sum += loss.item() * n
-                for k, v in terms.items():
-                    term_sums[k] = term_sums.get(k, 0.0) + v.item() * n
-                correct += (s_out.logits.argmax(1) == targets).sum().item()
-                seen += n
                 step += 1
-                if on_step is not None and not pre:
+                if on_step is not None and not pre and (step % check_every == 0 or step % steps_per_epoch == 0):
                     on_step(step, loss.item())
-
+            tally.raise_if_nonfinite(epoch, pre)
+            train_loss, train_top1, term_means = tally.read()
             test = None if pre else evaluate(student, test_loader, device, autocast, memory_format)
             result = EpochResult(
-                epoch=epoch + 1, train_loss=loss_sum / seen, train_top1=100.0 * correct / seen,
+                epoch=epoch + 1, train_loss=train_loss, train_top1=train_top1,
                 test_top1=test.top1 if test else math.nan, test_top5=test.top5 if test else math.nan,
                 test_loss=test.loss if test else math.nan, lr=lr, seconds=time.perf_counter() - t0,
-                terms={k: v / seen for k, v in term_sums.items()}, phase=phase,
+                terms=term_means, phase=phase,
             )
             (pretrain if pre else history).append(result)
             if on_epoch is not None:

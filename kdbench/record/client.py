@@ -12,9 +12,11 @@ metrics cannot be recorded fails clearly instead of losing them silently.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from kdbench.core.errors import KdbenchError
@@ -51,6 +53,22 @@ def is_transient(exc: BaseException) -> bool:
         return True
     text = str(exc)
     return any(marker in text for marker in TRANSIENT_MARKERS)
+
+
+_STORE_LOCKS: dict[str, Any] = {}
+
+
+def store_lock(uri: str | None) -> contextlib.AbstractContextManager:
+    """Held around every call to a SQLite store, so that the processes of one machine (the local
+    executor's workers and their driver) write it one at a time; other stores need none."""
+    if not uri or not uri.startswith("sqlite:///"):
+        return contextlib.nullcontext()
+    path = str(Path(uri.removeprefix("sqlite:///")).expanduser().resolve())
+    if path not in _STORE_LOCKS:
+        from filelock import FileLock
+
+        _STORE_LOCKS[path] = FileLock(path + ".lock")  # per thread: the heartbeat thread waits too
+    return _STORE_LOCKS[path]
 
 
 class RetryingClient:
@@ -95,7 +113,8 @@ class RetryingClient:
         start = time.monotonic()
         for attempt in range(retries + 1):
             try:
-                result = fn(*args, **kwargs)
+                with store_lock(self.tracking_uri):
+                    result = fn(*args, **kwargs)
                 self._down = False
                 return result
             except Exception as exc:

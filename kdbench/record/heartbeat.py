@@ -41,6 +41,8 @@ def is_open(run_id: str) -> bool:
 def _beat_forever() -> None:
     from mlflow.tracking import MlflowClient
 
+    from kdbench.record.client import store_lock
+
     clients: dict[str | None, Any] = {}
     while True:
         time.sleep(settings.heartbeat_s())
@@ -49,6 +51,7 @@ def _beat_forever() -> None:
         for run_id, uri in beats.items():
             try:
                 c = clients.setdefault(uri, MlflowClient(tracking_uri=uri))
-                c.set_tag(run_id, schema.HEARTBEAT, str(int(time.time())))
+                with store_lock(c.tracking_uri):
+                    c.set_tag(run_id, schema.HEARTBEAT, str(int(time.time())))
             except Exception:  # a missed beat is harmless; the run's own calls report a dead store
                 pass

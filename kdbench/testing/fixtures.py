@@ -21,8 +21,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture
 def kdbench_tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A temporary MLflow SQLite store and teacher cache under ``tmp_path``; returns the tracking URI."""
+    """A temporary MLflow SQLite store and teacher cache under ``tmp_path``; returns the tracking URI.
+
+    Cells run in the test's own process (``KDBENCH_JOBS=1``: monkeypatches and in-memory plugins apply);
+    a test of parallel execution sets ``KDBENCH_JOBS`` or passes ``--jobs``."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("KDBENCH_JOBS", "1")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("KDBENCH_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv(TEST_TMP_ENV, str(tmp_path))
