@@ -1,0 +1,91 @@
+"""The local executor with worker processes (``--jobs N``): same numbers, a dead worker fails one cell,
+and the measurement phase runs only after every cell trained."""
+from __future__ import annotations
+
+import os
+import textwrap
+
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from kdbench.cli import cli
+from kdbench.core.host import reset_host
+from kdbench.record import schema
+
+FAST = ["--datasets", "glyphs(num_train=192,num_test=96)", "--epochs", "2", "--teacher-epochs", "2",
+        "--batch-size", "32"]
+
+
+def invoke(*args: str):
+    reset_host()
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def cell_runs(client: MlflowClient, suite: str = "default"):
+    exp = client.get_experiment_by_name(f"kdbench/{suite}")
+    return client.search_runs([exp.experiment_id], "tags.`kdbench.role` = 'cell'")
+
+
+def top1_by_cell(uri: str) -> dict[str, float]:
+    return {r.data.tags[schema.SPEC_HASH]: r.data.metrics["top1"] for r in cell_runs(MlflowClient(uri))}
+
+
+def test_two_workers_give_the_numbers_of_one_process_and_measure_after_training(kdbench_env, monkeypatch):
+    parallel_uri = f"sqlite:///{kdbench_env / 'parallel.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", parallel_uri)
+    result = invoke("run", *FAST, "--seeds", "0,1", "--jobs", "2")
+    assert result.exit_code == 0, result.output
+    client = MlflowClient(parallel_uri)
+    runs = cell_runs(client)
+    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+    # trained in two worker processes, one per core, not in this one
+    owners = {r.data.tags[schema.OWNER_PID] for r in runs}
+    assert len(owners) == 2 and str(os.getpid()) not in owners
+    # every latency figure was taken after the last epoch of every cell had been logged
+    trained_until = max(m.timestamp for r in runs for m in client.get_metric_history(r.info.run_id, "test_top1"))
+    measured_from = min(m.timestamp for r in runs for m in client.get_metric_history(r.info.run_id, "latency_p50_ms.cpu.fp32"))
+    assert measured_from >= trained_until
+
+    serial_uri = f"sqlite:///{kdbench_env / 'serial.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", serial_uri)
+    result = invoke("run", *FAST, "--seeds", "0,1", "--jobs", "1")
+    assert result.exit_code == 0, result.output
+    serial = top1_by_cell(serial_uri)
+    assert top1_by_cell(parallel_uri) == serial and len(serial) == 4
+
+
+SIGKILL_PLUGIN = """
+import os
+import signal
+
+import torch.nn.functional as F
+import kdbench
+
+
+class DiesInSetup(kdbench.Distiller):
+    needs_teacher = False
+
+    def setup(self, info):
+        os.kill(os.getpid(), signal.SIGKILL)  # what the OOM killer does to a worker
+
+    def loss_terms(self, batch):
+        return {"ce": F.cross_entropy(batch.student.logits, batch.targets)}
+
+
+@kdbench.hookimpl
+def register_methods(register):
+    register(kdbench.Method("dies", DiesInSetup, summary="its worker process is killed"))
+"""
+
+
+def test_a_killed_worker_fails_its_cell_and_the_others_finish(kdbench_env, monkeypatch):
+    plugins = kdbench_env / "plugins"
+    plugins.mkdir()
+    (plugins / "dies_method.py").write_text(textwrap.dedent(SIGKILL_PLUGIN))
+    monkeypatch.setenv("KDBENCH_PLUGINS_DIR", str(plugins))
+    result = invoke("run", *FAST, "--methods", "baseline,dies,kd", "--jobs", "2")
+    assert result.exit_code == 1, result.output
+    assert "its worker process died (killed by SIGKILL)" in result.output
+    runs = {r.data.tags[schema.METHOD]: r for r in cell_runs(MlflowClient())}
+    assert {m: r.info.status for m, r in runs.items()} == {"baseline": "FINISHED", "dies": "FAILED", "kd": "FINISHED"}
+    assert "latency_p50_ms.cpu.fp32" in runs["kd"].data.metrics  # the survivors were measured
