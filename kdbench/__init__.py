@@ -4,16 +4,30 @@ Plugin authors use :data:`hookimpl` and the classes re-exported here.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kdbench.core.api import (
-    Batch, CellResult, Compressor, DataBundle, Dataset, Deployment, Distiller, Executor, Hardware, Job, Method,
-    ModelPair, Outputs, PairInfo, StageContext,
-)
 from kdbench.core.errors import ConfigError, DataError, KdbenchError, NotApplicableError, UnknownNameError
 from kdbench.core.hookspecs import hookimpl
 
+if TYPE_CHECKING:
+    from kdbench.core.api import (
+        Batch, CellResult, Compressor, DataBundle, Dataset, Deployment, Distiller, Executor, Hardware, Job, Method,
+        ModelPair, Outputs, PairInfo, StageContext,
+    )
+
 __version__ = "0.1.0"
+
+# The plugin API's classes import torch: they load on first use, so that `kdbench --help` starts at once.
+_API = ("Batch", "CellResult", "Compressor", "DataBundle", "Dataset", "Deployment", "Distiller", "Executor",
+        "Hardware", "Job", "Method", "ModelPair", "Outputs", "PairInfo", "StageContext")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        from kdbench.core import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'kdbench' has no attribute {name!r}")
 
 
 def leaderboard(*args: Any, **kwargs: Any):

@@ -89,3 +89,20 @@ def test_a_killed_worker_fails_its_cell_and_the_others_finish(kdbench_env, monke
     runs = {r.data.tags[schema.METHOD]: r for r in cell_runs(MlflowClient())}
     assert {m: r.info.status for m, r in runs.items()} == {"baseline": "FINISHED", "dies": "FAILED", "kd": "FINISHED"}
     assert "latency_p50_ms.cpu.fp32" in runs["kd"].data.metrics  # the survivors were measured
+
+
+def test_generated_glyphs_are_cached_on_disk_for_every_worker(kdbench_env):
+    """Workers each build the dataset: they read the glyphs the first one generated, the same pixels."""
+    from kdbench_plugins import _glyphs
+    from kdbench_plugins.datasets import _glyph_arrays, _glyph_cache_file
+
+    _glyph_arrays.cache_clear()
+    (xtr, ytr), (xte, yte) = _glyph_arrays(40, 20, 10, 0.15, 3)
+    path = _glyph_cache_file(40, 20, 10, 0.15, 3)
+    assert path.is_file() and path.is_relative_to(kdbench_env / "cache")
+    _glyph_arrays.cache_clear()
+    (xtr2, ytr2), (xte2, yte2) = _glyph_arrays(40, 20, 10, 0.15, 3)  # from the file this time
+    fresh = _glyphs.generate(40, num_classes=10, noise=0.15, seed=3, split_seed=0)
+    assert (xtr2 == fresh[0]).all() and (ytr2 == fresh[1]).all()
+    assert (xtr2 == xtr).all() and (xte2 == xte).all() and (yte2 == yte).all()
+    _glyph_arrays.cache_clear()

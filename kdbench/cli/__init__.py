@@ -38,10 +38,15 @@ class KdbenchGroup(click.Group):
                     cmd.params.append(option)
                     have |= set(option.opts)
 
-    def get_command(self, ctx: click.Context, name: str):
-        cmd = super().get_command(ctx, name)
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        # here, not in get_command: `kdbench --help` lists the commands without loading any plugin
+        name, cmd, rest = super().resolve_command(ctx, args)
         if cmd is not None and name == "run":
             self._add_executor_options(ctx, cmd)
+        return name, cmd, rest
+
+    def get_command(self, ctx: click.Context, name: str):
+        cmd = super().get_command(ctx, name)
         if cmd is None and not ctx.resilient_parsing:
             self._add_plugin_commands(ctx)
             cmd = super().get_command(ctx, name)

@@ -9,13 +9,15 @@ options, measures (:mod:`kdbench.measurement.measure`), prints, and logs with
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from kdbench.cli import cli, host_from
 from kdbench.core.errors import ConfigError
-from kdbench.measurement.models_io import LoadedModel
+
+if TYPE_CHECKING:
+    from kdbench.measurement.models_io import LoadedModel
 
 
 def _split(values: tuple[str, ...]) -> list[str]:

@@ -17,9 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kdbench.core.api import Dataset, Executor, Hardware, Method, ModelPair
-from kdbench.core.config import Suite, load_suite_file
+import importlib
+from typing import TYPE_CHECKING
+
+from kdbench.core.config import load_suite_file
 from kdbench.core.errors import KdbenchError
+
+if TYPE_CHECKING:
+    from kdbench.core.api import Hardware
 
 
 @dataclass(frozen=True)
@@ -37,12 +42,18 @@ class Kind:
     name: str  # singular: ``--kind``, ``check_<name>``, messages ("method")
     registry: str  # the PluginHost attribute and the ``kdbench list`` argument ("methods")
     hook: str  # the registration hook a plugin implements ("register_methods")
-    item_type: type  # what ``register`` accepts
+    type_path: str  # what ``register`` accepts, as "module:Class" (imported when needed: torch is slow to import)
     label: str  # one item, in the registry's error messages ("hardware target")
     describe: Callable[[Any], dict[str, Any]]  # one row of ``kdbench list --json`` (the owner is added)
     columns: tuple[str, ...]  # the columns of the ``kdbench list`` table
     coerce: Callable[[Any], Any] | None = None  # turns what a plugin registers into an item (suite file → Suite)
     scaffold: Scaffold | None = None  # None: ``plugins new`` has no template for it
+
+    @property
+    def item_type(self) -> type:
+        """The class ``register`` accepts."""
+        module, name = self.type_path.split(":")
+        return getattr(importlib.import_module(module), name)
 
 
 def _suite_from(item: Any) -> Any:
@@ -60,7 +71,7 @@ _RUN = '--datasets "glyphs(num_train=192,num_test=96)" --epochs 2 --batch-size 3
 #: Every kind, in the order the host collects registrations.
 KINDS: tuple[Kind, ...] = (
     Kind(
-        "method", "methods", "register_methods", Method, "method",
+        "method", "methods", "register_methods", "kdbench.core.api:Method", "method",
         lambda m: {"name": m.name, "kind": m.kind, "family": m.family, "taps": m.taps, "summary": m.summary,
                    "paper": m.paper, "options": m.defaults()},
         ("name", "kind", "family", "taps", "paper", "summary", "options", "plugin"),
@@ -68,28 +79,28 @@ KINDS: tuple[Kind, ...] = (
                           f"kdbench run --methods {{name}} {_RUN}"),
     ),
     Kind(
-        "pair", "pairs", "register_model_pairs", ModelPair, "pair",
+        "pair", "pairs", "register_model_pairs", "kdbench.core.api:ModelPair", "pair",
         lambda p: {"name": p.name, "teacher": p.teacher, "student": p.student, "summary": p.summary},
         ("name", "teacher", "student", "summary"),
         scaffold=Scaffold("a teacher→student pair of small CNNs registered into timm",
                           f"kdbench run --pairs {{name}} {_RUN}"),
     ),
     Kind(
-        "dataset", "datasets", "register_datasets", Dataset, "dataset",
+        "dataset", "datasets", "register_datasets", "kdbench.core.api:Dataset", "dataset",
         lambda d: {"name": d.name, "needs_root": d.needs_root, "summary": d.summary},
         ("name", "needs_root", "summary", "plugin"),
         scaffold=Scaffold("a dataset generated in memory (oriented gratings)",
                           'kdbench run --datasets "{name}(num_train=192,num_test=96)" --epochs 2 --batch-size 32'),
     ),
     Kind(
-        "hardware", "hardware", "register_hardware", Hardware, "hardware target",
+        "hardware", "hardware", "register_hardware", "kdbench.core.api:Hardware", "hardware target",
         _hardware_row,
         ("name", "device", "threads", "precision", "available", "reason"),
         scaffold=Scaffold("a CPU measurement target (2 threads, channels_last)",
                           f"kdbench run --hardware cpu,{{name}} {_RUN}"),
     ),
     Kind(
-        "suite", "suites", "register_suites", Suite, "suite",
+        "suite", "suites", "register_suites", "kdbench.core.config:Suite", "suite",
         lambda s: {"name": s.name, "version": s.version, "description": s.description,
                    "methods": [str(m) for m in s.methods], "pairs": [str(p) for p in s.pairs],
                    "datasets": [str(d) for d in s.datasets], "seeds": s.seeds, "hardware": s.hardware,
@@ -98,7 +109,7 @@ KINDS: tuple[Kind, ...] = (
         coerce=_suite_from,
     ),
     Kind(
-        "executor", "executors", "register_executors", Executor, "executor",
+        "executor", "executors", "register_executors", "kdbench.core.api:Executor", "executor",
         lambda e: {"name": e.name, "summary": e.summary},
         ("name", "summary", "plugin"),
         scaffold=Scaffold("an executor running each cell in a fresh worker process",
