@@ -108,6 +108,13 @@ def _outcome(out: Any) -> bytes:
 
 
 def _worker(conn: Connection, threads: int, gpu: int | None, progress_queue: Any) -> None:
+    try:
+        _serve(conn, threads, gpu, progress_queue)
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group; the driver reports it
+        pass
+
+
+def _serve(conn: Connection, threads: int, gpu: int | None, progress_queue: Any) -> None:
     if gpu is not None:  # before CUDA is initialised: this worker sees one GPU, as cuda:0
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
     import torch
@@ -124,8 +131,8 @@ def _worker(conn: Connection, threads: int, gpu: int | None, progress_queue: Any
         try:
             apply_env(env, cwd)
             blob = _outcome(fn(job))
-        except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: the cell marked its run KILLED
-            return
+        except KeyboardInterrupt:  # the cell marked its run KILLED
+            raise
         except BaseException as exc:  # run_job never raises for a failing cell: this is the harness's own failure
             first = (f"{type(exc).__name__}: {exc}".splitlines() or [""])[0]
             blob = cloudpickle.dumps(("error", first, traceback.format_exc()))
