@@ -124,3 +124,27 @@ def test_deployment_keeps_a_targets_own_reason_when_it_is_absent():
     plain = kdbench.Hardware("cpu", "cpu")
     assert deploy_targets([plain], None) == [plain]
     assert dataclasses.replace(plain) == deploy_targets([plain], kdbench.Deployment())[0]
+
+
+@x86_only
+def test_an_int8_graph_travels_from_a_worker_as_an_exported_program(tmp_path):
+    """The local executor's workers send their deployed model back for the measurement phase: a PT2E int8
+    graph does not pickle, so it goes as a torch.export program, and a fresh process runs it the same."""
+    import subprocess
+    import sys
+
+    import cloudpickle
+
+    from kdbench.running.workers import ExportedModel
+
+    quantized = StaticInt8(calibration_batches=2).apply(_trained_like(), _ctx("quant"))
+    with pytest.raises(Exception):
+        cloudpickle.dumps(quantized)
+    x = torch.randn(3, *SIZE)
+    (tmp_path / "model.pkl").write_bytes(cloudpickle.dumps(ExportedModel(quantized, SIZE)))
+    torch.save(x, tmp_path / "x.pt")
+    script = ("import pickle, sys, torch; d = sys.argv[1]; m = pickle.load(open(d + '/model.pkl', 'rb')).load(); "
+              "torch.save(m(torch.load(d + '/x.pt')), d + '/y.pt')")
+    subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True)
+    with torch.no_grad():
+        assert torch.allclose(torch.load(tmp_path / "y.pt"), quantized(x), atol=1e-5)

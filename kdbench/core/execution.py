@@ -23,7 +23,11 @@ class Job:
     checkpoint): jobs with the same key share one teacher, so an executor that
     runs cells side by side calls ``kdbench.prepare_teacher(job)`` once per key
     first. ``env``: the ``KDBENCH_*``/``MLFLOW_*`` variables a worker on
-    another machine needs (teacher cache as an absolute path).
+    another machine needs (teacher cache as an absolute path). ``after``: the
+    spec hash of a cell in the same run whose trained student this cell's
+    first stage starts from (a pruner after the baseline): an executor that
+    runs cells side by side starts this one once that one has ended, or the
+    cell trains that student again itself.
     """
 
     cell: Any  # kdbench.core.config.CellSpec
@@ -34,6 +38,7 @@ class Job:
     resources: Any = None  # the suite's ``Resources`` (what a cluster executor asks for per cell)
     teacher_key: str | None = None
     env: dict[str, str] = field(default_factory=dict)
+    after: str | None = None  # spec hash of a cell of this invocation whose student this one reuses: run it first
 
     def failed(self, error: str) -> CellResult:
         """The result of a job whose worker died before it could say (an executor reports it so)."""

@@ -71,6 +71,13 @@ def stage_plan(host: Any, method: Ref | Pipeline) -> list[Ref]:
     return stages
 
 
+def reused_cell(host: Any, cell: CellSpec) -> str | None:
+    """The spec hash of the single-method cell whose student this cell's first stage reuses when it has
+    FINISHED (``reuse_from_mlflow``); None when the cell trains from scratch."""
+    plan = stage_plan(host, cell.method)
+    return cell.model_copy(update={"method": plan[0]}).spec_hash if len(plan) > 1 else None
+
+
 def check_method(host: Any, method: Ref | Pipeline) -> None:
     """Every stage registered, with valid options, and built (its option values checked); nothing after
     a terminal stage. Raises ``ConfigError`` / ``UnknownNameError`` with one line."""

@@ -24,7 +24,7 @@ from kdbench.running.teachers import cache_dir
 from kdbench.running.cell import load_data, run_job, teacher_cache_key
 from kdbench.core.config import REFERENCE_METHOD, CellSpec, Pipeline, Recipe, Ref, Suite, format_validation_error, load_suite_file
 from kdbench.core.errors import ConfigError, DeviceUnavailableError
-from kdbench.running.pipeline import check_method
+from kdbench.running.pipeline import check_method, reused_cell
 from kdbench.core.host import PluginHost, using
 from kdbench.core.registry import did_you_mean
 
@@ -302,7 +302,9 @@ def run_suite(
                                      cells_total=len(cells), cells_skipped=len(skipped),
                                      plugin_versions=host.plugin_versions())
     env = worker_environment()
-    jobs = [Job(cell, experiment_id, parent, uri, host.recipe, suite.resources, teacher_cache_key(cell), env)
+    todo_hashes = {cell.spec_hash for cell in todo}
+    jobs = [Job(cell, experiment_id, parent, uri, host.recipe, suite.resources, teacher_cache_key(cell), env,
+                after=reused if (reused := reused_cell(host, cell)) in todo_hashes else None)
             for cell in todo]
     results: list[CellResult] = []
     try:

@@ -92,9 +92,37 @@ def apply_env(env: dict[str, str], cwd: str | None) -> None:
         os.chdir(cwd)
 
 
+class ExportedModel:
+    """A deployed model that does not pickle (a PT2E int8 graph carries closures), sent as the bytes of a
+    ``torch.export`` program with a dynamic batch dimension: what the stage saves as its artifact."""
+
+    def __init__(self, model: Any, input_size: tuple[int, ...]):
+        import io
+
+        import torch
+        from torch.export import Dim
+
+        example = torch.randn(2, *input_size)
+        program = torch.export.export(model, (example,), dynamic_shapes=({0: Dim("batch", min=1, max=65536)},))
+        buffer = io.BytesIO()
+        torch.export.save(program, buffer)
+        self.data = buffer.getvalue()
+
+    def load(self) -> Any:
+        import importlib
+        import io
+
+        import torch
+
+        # the quantize/dequantize ops of PT2E int8 graphs must be registered before such a program loads
+        importlib.import_module("torch.ao.quantization.fx._decomposed")
+        return torch.export.load(io.BytesIO(self.data)).module()
+
+
 def _outcome(out: Any) -> bytes:
     """A task's result, pickled, with the pending measurement of a finished cell's run (its deployed model)
-    when that pickles; otherwise without the model (the driver then loads it from the run's artifact)."""
+    when that pickles, else as an :class:`ExportedModel`; failing both, without the model (the driver then
+    loads a dense student from the run's artifact, or records why it was not measured)."""
     from kdbench.measurement.phase import take_pending
 
     run_id = getattr(out, "run_id", None)
@@ -103,7 +131,13 @@ def _outcome(out: Any) -> bytes:
         return cloudpickle.dumps(("ok", out, pending))
     except Exception:
         for p in pending:
-            p.model = None
+            try:
+                p.model = ExportedModel(p.model, p.input_size)
+            except Exception:
+                p.model = None
+    try:
+        return cloudpickle.dumps(("ok", out, pending))
+    except Exception:
         return cloudpickle.dumps(("ok", out, []))
 
 
@@ -148,6 +182,7 @@ class _Task:
     fn: Callable[[Any], Any]
     job: Any
     needs: str | None = None  # the teacher key that must be ready first
+    after: str | None = None  # the spec hash of a cell that must have ended first (its student is reused)
     provides: str | None = None  # the teacher key this task trains
 
 
@@ -216,18 +251,20 @@ def run_in_workers(jobs: list[Any], run_one: Callable[[Any], Any], workers: int,
             if key is not None and key not in seen:
                 seen.add(key)
                 tasks.append(_Task(None, teacher_fn, job, provides=key))
-    tasks += [_Task(i, run_one, job, needs=getattr(job, "teacher_key", None) if teacher_fn else None)
-              for i, job in enumerate(jobs)]
+    tasks += [_Task(i, run_one, job, needs=getattr(job, "teacher_key", None) if teacher_fn else None,
+                    after=getattr(job, "after", None)) for i, job in enumerate(jobs)]
     pending_keys = {t.provides for t in tasks if t.provides}
+    pending_cells = {_spec_hash(t.job) for t in tasks if t.index is not None} - {None}
     results: list[Any] = [None] * len(jobs)
 
     def ready(task: _Task) -> bool:
-        return task.needs is None or task.needs not in pending_keys
+        return (task.needs is None or task.needs not in pending_keys) and task.after not in pending_cells
 
     def settle(task: _Task, outcome: Any) -> None:
         if task.provides:
             pending_keys.discard(task.provides)
         if task.index is not None:
+            pending_cells.discard(_spec_hash(task.job))
             results[task.index] = outcome
 
     with ProgressBoard() as board:
@@ -237,6 +274,8 @@ def run_in_workers(jobs: list[Any], run_one: Callable[[Any], Any], workers: int,
                 for i, w in enumerate(pool.workers):
                     if w.task is None:
                         task = next((t for t in tasks if ready(t)), None)
+                        if task is None and not any(x.task for x in pool.workers):
+                            task = tasks[0] if tasks else None  # nothing running could make one ready
                         if task is None:
                             break
                         if not w.process.is_alive():  # died between tasks
@@ -259,6 +298,8 @@ def run_in_workers(jobs: list[Any], run_one: Callable[[Any], Any], workers: int,
                             if message[0] == "ok":
                                 _, out, pending = message
                                 for p in pending:
+                                    if isinstance(p.model, ExportedModel):
+                                        p.model = p.model.load()
                                     if p.model is not None:
                                         keep_for_measurement(p, p.model)
                                 settle(task, out)
@@ -275,6 +316,10 @@ def run_in_workers(jobs: list[Any], run_one: Callable[[Any], Any], workers: int,
         finally:
             pool.close()
     return results
+
+
+def _spec_hash(job: Any) -> str | None:
+    return getattr(getattr(job, "cell", None), "spec_hash", None)
 
 
 def _label(job: Any) -> str:
