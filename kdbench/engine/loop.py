@@ -22,6 +22,7 @@ from kdbench.core.api import Batch, DataBundle, Distiller, Outputs, PairInfo
 from kdbench.core.config import Recipe
 from kdbench.engine.evaluate import evaluate
 from kdbench.engine.models import forward_with_taps, tap_options
+from kdbench.engine.rules import TeacherGuard
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -204,8 +205,13 @@ def train(
     generator: torch.Generator,
     on_step: Callable[[int, float], None] | None = None,
     on_epoch: Callable[[EpochResult], None] | None = None,
+    name: str | None = None,
 ) -> TrainResult:
-    """Train ``student`` with ``distiller``'s loss terms; evaluate after every epoch."""
+    """Train ``student`` with ``distiller``'s loss terms; evaluate after every epoch.
+
+    The teacher rules (:mod:`kdbench.engine.rules`) are enforced: ``TeacherRuleError`` names the method
+    (``name``, else the distiller's class) and what it did.
+    """
     train_loader = DataLoader(
         data.train, batch_size=recipe.batch_size, shuffle=True, drop_last=True,
         generator=generator, num_workers=recipe.workers, pin_memory=device.type == "cuda",
@@ -217,6 +223,7 @@ def train(
         teacher.to(device, memory_format=memory_format).eval().requires_grad_(False)
 
     setup_distiller(distiller, student, teacher, data, device)
+    guard = TeacherGuard(name or type(distiller).__name__, distiller, student, teacher)
 
     steps_per_epoch = len(train_loader)
     autocast, scaler = _autocast(device, recipe)
@@ -255,6 +262,8 @@ def train(
                     raise NonFiniteLossError(f"{where}loss is {loss.item()} at epoch {epoch + 1}, step {step} ({parts})")
                 lr = optimizer.param_groups[0]["lr"]
                 optimizer_step(loss, optimizer, params, recipe.grad_clip, scaler)
+                if step == 0:  # the teacher is still frozen, in eval mode and unchanged after each phase's first step
+                    guard.after_step()
                 scheduler.step()
 
                 n = targets.size(0)
