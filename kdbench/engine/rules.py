@@ -81,6 +81,9 @@ class TeacherGuard:
         problem = ownership_problem(name, distiller, student, teacher)
         if problem:
             raise TeacherRuleError(problem)
+        if teacher is not None:
+            for p in teacher.parameters():  # gradients left from the teacher's own training are not the method's
+                p.grad = None
         self.before = _buffers(teacher) if teacher is not None else {}
 
     def after_step(self) -> None:
