@@ -142,7 +142,7 @@ def test_dry_run_prints_cells_without_training(kdbench_env):
     assert result.exit_code == 0, result.output
     cells = json.loads(result.output)
     assert [(c["method"], c["seed"]) for c in cells] == [
-        ("baseline", 0), ("baseline", 1), ("baseline", 2), ("kd(T=2)", 0), ("kd(T=2)", 1), ("kd(T=2)", 2)]
+        ("baseline", 0), ("baseline", 1), ("baseline", 2), ("kd(T=2.0)", 0), ("kd(T=2.0)", 1), ("kd(T=2.0)", 2)]
     assert not (kdbench_env / "mlflow.db").exists()
 
 

@@ -62,12 +62,12 @@ def test_stage_options_are_in_the_hash_and_single_stage_hashes_do_not_change():
 def test_a_suite_expands_pipelines_with_per_pair_options_per_stage():
     host = make_host()
     suite = Suite.model_validate({
-        "name": "s", "version": 1, "methods": ["kd>prune(ratio=0.5)"],
+        "name": "s", "version": 1, "methods": ["kd>prune(ratio=0.3)"],
         "pairs": [{"name": "tiny", "method_options": {"kd": {"T": 2}}}], "datasets": ["glyphs"],
     })
-    cells = expand(suite, host, "cpu")
-    assert [str(c.method) for c in cells] == ["baseline", "kd(T=2)>prune(ratio=0.5)"]
-    assert method_stages(cells[1].method)[0].options == {"T": 2}
+    cells = expand(suite, host, "cpu")  # options canonical: of their types, defaults dropped
+    assert [str(c.method) for c in cells] == ["baseline", "kd(T=2.0)>prune(ratio=0.3)"]
+    assert method_stages(cells[1].method)[0].options == {"T": 2.0}
 
 
 def test_pipelines_are_checked_before_anything_trains():
@@ -126,7 +126,7 @@ def test_each_stage_gets_the_previous_stages_model():
 @pytest.mark.slow
 def test_cli_runs_a_pipeline_reusing_the_baseline_and_reports_int8_speed(kdbench_env):
     reset_host()
-    method = "prune(finetune_epochs=1,ratio=0.5)>quant(calibration_batches=1)"  # as tagged: options sorted
+    method = "prune(finetune_epochs=1,ratio=0.3)>quant(calibration_batches=1)"  # as tagged: options sorted
     result = CliRunner().invoke(cli, ["run", "--methods", f"baseline,{method}", "--hardware", "cpu-1t", *FAST],
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -139,8 +139,8 @@ def test_cli_runs_a_pipeline_reusing_the_baseline_and_reports_int8_speed(kdbench
     assert run.info.status == "FINISHED"
     assert run.data.tags["kdbench.stage1.source"].startswith(f"run {base.info.run_id}")  # baseline reused
     assert run.data.params["method.name"] == "prune>quant"
-    assert json.loads(run.data.params["method.stages"])[0]["options"] == {"ratio": 0.5, "finetune_epochs": 1}
-    assert run.data.params["stage2.prune.option.ratio"] == "0.5"
+    assert json.loads(run.data.params["method.stages"])[0]["options"] == {"ratio": 0.3, "finetune_epochs": 1}
+    assert run.data.params["stage2.prune.option.ratio"] == "0.3"
     m = run.data.metrics
     assert m["stage2.prune.params_after"] < m["stage2.prune.params_before"] == base.data.metrics["params"]
     assert m["params"] == m["stage2.prune.params_after"]  # params of the (float) pruned model

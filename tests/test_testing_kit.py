@@ -33,15 +33,15 @@ def test_kd_runs_one_cell_end_to_end(kdbench_env, kdbench_host):
     host = kdbench_host()  # first-party plugins only, and the process-wide host for this test
     report = check_method("kd", host=host, options={"T": 2})
     cell = report.cell
-    assert cell.status == "FINISHED" and str(cell.cell.method) == "kd(T=2)"
+    assert cell.status == "FINISHED" and str(cell.cell.method) == "kd(T=2.0)"  # the option's type: float
     # logged into the fixture's real MLflow store, where a leaderboard row is built from it
     from mlflow.tracking import MlflowClient
 
     run = MlflowClient().get_run(cell.run_id)
-    assert run.info.status == "FINISHED" and run.data.tags["kdbench.method"] == "kd(T=2)"
+    assert run.info.status == "FINISHED" and run.data.tags["kdbench.method"] == "kd(T=2.0)"
     assert report.suite_result.tracking_uri == os.environ["MLFLOW_TRACKING_URI"]
     assert (kdbench_env / "mlflow.db").exists()
-    assert list(report.suite_result.leaderboard["method"]) == ["kd(T=2)"]
+    assert list(report.suite_result.leaderboard["method"]) == ["kd(T=2.0)"]
 
 
 def test_first_party_dataset_pair_hardware_executor(host):

@@ -64,16 +64,21 @@ def _checkpoints(values: tuple[str, ...], pairs: list[str]) -> dict[str, str]:
 @click.option("--teacher-pretrained", is_flag=True, default=None, help="Start teachers from timm pretrained weights.")
 @click.option("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else MLflow's default).")
 @click.option("--force", is_flag=True, help="Rerun cells that already have a FINISHED run.")
+@click.option("--force-methods", multiple=True,
+              help="Rerun the finished cells of these methods only, comma-separated (lskd: any options; kd(T=2): that one).")
+@click.option("--reuse-stale", is_flag=True,
+              help="Keep finished runs whose method code changed since (by default they run again).")
 @click.option("--dry-run", is_flag=True, help="Print the cells and exit.")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: print the cells as JSON.")
 @click.pass_context
 def run_command(ctx: click.Context, suite: str, methods, pairs, datasets, seeds, hardware, epochs, teacher_epochs,
                 teacher_seeds, batch_size, lr,
-                device, executor, data_dir, teacher_checkpoint, teacher_pretrained, tracking_uri, force, dry_run,
-                as_json) -> None:
+                device, executor, data_dir, teacher_checkpoint, teacher_pretrained, tracking_uri, force, force_methods,
+                reuse_stale, dry_run, as_json) -> None:
     """Run SUITE (default: the `default` suite), a registered name or a YAML file."""
     from kdbench.record.client import tracking_uri as current_tracking_uri
     from kdbench.record.schema import experiment_name
+    from kdbench.running.resume import forced_cells, plan_resume
     from kdbench.running.runner import Overrides, describe_cells, prepare, run_suite
 
     if tracking_uri:
@@ -94,8 +99,12 @@ def run_command(ctx: click.Context, suite: str, methods, pairs, datasets, seeds,
         teacher_epochs=teacher_epochs,
     )
     spec, cells = prepare(host, suite, overrides)
+    resume = dict(force=force, force_methods=_names(force_methods) or [], reuse_stale=reuse_stale)
+    if resume["force_methods"]:  # a name that matches no cell: one line before anything is recorded
+        forced_cells(host, cells, resume["force_methods"])
     if dry_run:
-        rows = describe_cells(cells, _finished_if_tracked(spec.name))
+        plan = plan_resume(host, cells, _finished_if_tracked(spec.name), **resume)
+        rows = describe_cells(cells, plan.kept, plan.stale)
         if as_json:
             click.echo(json.dumps(rows, indent=2))
             return
@@ -110,7 +119,7 @@ def run_command(ctx: click.Context, suite: str, methods, pairs, datasets, seeds,
     console = Console(stderr=True, highlight=False)
     console.print(f"kdbench: suite {spec.name} v{spec.version}, {len(cells)} cells, "
                   f"training on {cells[0].device}, tracking {current_tracking_uri()}")
-    result = run_suite(host, spec, cells, force=force)
+    result = run_suite(host, spec, cells, **resume)
 
     table = Table(title=f"suite {spec.name}: {len(cells)} cells in {result.seconds:.0f}s")
     for col in ("cell", "spec hash", "status", "top-1 (last)", "time"):
@@ -119,7 +128,8 @@ def run_command(ctx: click.Context, suite: str, methods, pairs, datasets, seeds,
         top1 = f"{r.metrics['top1']:.2f}" if "top1" in r.metrics else ("done before" if r.status == "SKIPPED" else "—")
         table.add_row(r.cell.label, r.cell.short_hash, r.status, top1, f"{r.seconds:.0f}s" if r.seconds else "")
     Console(width=200 if not Console().is_terminal else None).print(table)
-    where = f"run {result.parent_run_id}" if result.parent_run_id else "nothing new to run (use --force to rerun)"
+    where = f"run {result.parent_run_id}" if result.parent_run_id else \
+        "nothing new to run (use --force or --force-methods to rerun)"
     click.echo(f"MLflow experiment {experiment_name(spec.name)!r}, {where}; "
                f"see it with `kdbench leaderboard {spec.name}` or `mlflow ui`")
     if result.failed:
@@ -129,8 +139,8 @@ def run_command(ctx: click.Context, suite: str, methods, pairs, datasets, seeds,
         sys.exit(1)
 
 
-def _finished_if_tracked(suite: str) -> dict[str, str]:
-    """Finished cells for the dry run, without creating a tracking store that is not there."""
+def _finished_if_tracked(suite: str) -> dict[str, tuple[str, dict[str, str]]]:
+    """Finished cells (spec hash → run id, tags) for the dry run, without creating a tracking store that is not there."""
     from pathlib import Path
 
     from kdbench.record import reader
@@ -142,4 +152,4 @@ def _finished_if_tracked(suite: str) -> dict[str, str]:
         return {}
     c = client()
     exp = c.get_experiment_by_name(experiment_name(suite))
-    return reader.finished_spec_hashes(c, exp.experiment_id) if exp else {}
+    return reader.finished_cells(c, exp.experiment_id) if exp else {}

@@ -4,7 +4,6 @@ Plugin authors import these from ``kdbench`` directly.
 """
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -12,7 +11,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from kdbench.core.errors import ConfigError
+from kdbench.core import options as _options
 
 
 # --------------------------------------------------------------------------- methods
@@ -159,23 +158,17 @@ class Method:
     taps: bool = False  # distillers: reads intermediate feature maps (``student_stages``/``teacher_stages``)
 
     def defaults(self) -> dict[str, Any]:
-        sig = inspect.signature(self.factory)
-        return {
-            n: p.default
-            for n, p in sig.parameters.items()
-            if p.default is not inspect.Parameter.empty
-        }
+        return _options.defaults(self.factory)
 
     def resolve_options(self, options: dict[str, Any]) -> dict[str, Any]:
-        """Defaults overlaid with ``options``; unknown option names are errors."""
-        defaults = self.defaults()
-        unknown = sorted(set(options) - set(defaults))
-        if unknown:
-            valid = ", ".join(sorted(defaults)) or "(none)"
-            raise ConfigError(
-                f"method {self.name!r} has no option {unknown[0]!r}; valid options: {valid}"
-            )
-        return {**defaults, **options}
+        """Defaults overlaid with ``options``, each converted to the option's type (its annotation, else its
+        default's: ``T=4`` gives 4.0); unknown option names and values of the wrong type are ConfigErrors."""
+        return _options.resolve(self.name, self.factory, options)
+
+    def canonical_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """``options`` as they enter a cell's spec hash (:func:`kdbench.core.options.canonical`): converted,
+        without those equal to their defaults, so ``kd``, ``kd(T=4)`` and ``kd(T=4.0,alpha=0.9)`` are one cell."""
+        return _options.canonical(self.name, self.factory, options)
 
     def build(self, options: dict[str, Any]) -> Distiller | Compressor:
         return self.factory(**self.resolve_options(options))

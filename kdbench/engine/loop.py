@@ -22,6 +22,7 @@ from kdbench.core.api import Batch, DataBundle, Distiller, Outputs, PairInfo
 from kdbench.core.config import Recipe
 from kdbench.engine.evaluate import evaluate
 from kdbench.engine.models import forward_with_taps, tap_options
+from kdbench.engine.rules import TeacherGuard
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -254,8 +255,13 @@ def train(
     generator: torch.Generator,
     on_step: Callable[[int, float], None] | None = None,
     on_epoch: Callable[[EpochResult], None] | None = None,
+    name: str | None = None,
 ) -> TrainResult:
-    """Train ``student`` with ``distiller``'s loss terms; evaluate after every epoch."""
+    """Train ``student`` with ``distiller``'s loss terms; evaluate after every epoch.
+
+    The teacher rules (:mod:`kdbench.engine.rules`) are enforced: ``TeacherRuleError`` names the method
+    (``name``, else the distiller's class) and what it did.
+    """
     train_loader = DataLoader(
         data.train, batch_size=recipe.batch_size, shuffle=True, drop_last=True,
         generator=generator, num_workers=recipe.workers, pin_memory=device.type == "cuda",
@@ -267,6 +273,7 @@ def train(
         teacher.to(device, memory_format=memory_format).eval().requires_grad_(False)
 
     setup_distiller(distiller, student, teacher, data, device)
+    guard = TeacherGuard(name or type(distiller).__name__, distiller, student, teacher)
 
     steps_per_epoch = len(train_loader)
     check_every = 1 if device.type == "cpu" else SYNC_EVERY
@@ -304,6 +311,8 @@ def train(
                     tally.raise_if_nonfinite(epoch, pre)
                 lr = optimizer.param_groups[0]["lr"]
                 optimizer_step(loss, optimizer, params, recipe.grad_clip, scaler)
+                if step == 0:  # the teacher is still frozen, in eval mode and unchanged after each phase's first step
+                    guard.after_step()
                 scheduler.step()
                 step += 1
                 if on_step is not None and not pre and (step % check_every == 0 or step % steps_per_epoch == 0):

@@ -32,6 +32,7 @@ FRAME_TAGS = {
 FRAME_LATE_TAGS = {
     "kdbench_version": schema.VERSION, "recipe_hash": schema.RECIPE_HASH, "error": schema.ERROR,
     "speedup_note": schema.SPEEDUP_NOTE,  # set when a method gives no speed-up by nature
+    "method_code": schema.METHOD_CODE,  # which code ran (plugin versions, source digests): mixed rows are flagged
     "teacher_from": schema.TEACHER_FROM, "deployed_model": schema.DEPLOYED_MODEL,
     "measure_session": schema.MEASURE_SESSION, "torch_version": schema.TORCH_VERSION,
     "cpu_model": schema.fill(schema.ENV, key="cpu_model"),
@@ -113,11 +114,16 @@ def metric_history(c, run_id: str, name: str) -> list[tuple[int, float]]:
 
 def finished_spec_hashes(c, experiment_id: str) -> dict[str, str]:
     """spec hash → run id (the latest) of every FINISHED cell run in the experiment: what resume skips."""
-    found: dict[str, str] = {}
-    for run in search_all(c, experiment_id, FINISHED_CELLS):
+    return {h: run_id for h, (run_id, _) in finished_cells(c, experiment_id).items()}
+
+
+def finished_cells(c, experiment_id: str) -> dict[str, tuple[str, dict[str, str]]]:
+    """spec hash → (run id, tags) of the latest FINISHED cell run of each spec hash in the experiment."""
+    found: dict[str, tuple[str, dict[str, str]]] = {}
+    for run in sorted(search_all(c, experiment_id, FINISHED_CELLS), key=lambda r: -(r.info.start_time or 0)):
         h = run.data.tags.get(schema.SPEC_HASH)
         if h:
-            found.setdefault(h, run.info.run_id)
+            found.setdefault(h, (run.info.run_id, dict(run.data.tags)))
     return found
 
 

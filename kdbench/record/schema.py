@@ -125,6 +125,10 @@ TEACHER_FROM = declare("tag", P + "teacher_from", CELL, "trained, checkpoint or 
 MEASURE_SESSION = declare("tag", P + "measure_session", MEASURED, "the invocation whose measurement phase measured the model")
 DEVICE = declare("tag", P + "device", CELL, "training device type")
 SCORE_EPOCH = declare("tag", P + "score_epoch", CELL, "which epoch top1 is: `last`")
+METHOD_CODE = declare("tag", P + "method_code", CELL, "16 hex of the code of the cell's methods (their `kdbench.code.*`): "
+                      "a FINISHED run whose code differs from the installed plugins' is rerun on resume")
+CODE = declare("tag", P + "code.<method>", CELL, "`<plugin> <version> <source digest>` of each method the cell ran "
+               "(digest: 16 hex of the syntax tree of the method's modules)")
 RECIPE_HASH = declare("tag", P + "recipe_hash", CELL, "16 hex of the recipe and teacher spec (mixed recipes are flagged)")
 MACS_COUNTER = declare("tag", P + "macs_counter", MEASURED, "what counted the MACs")
 INPUT_SIZE = declare("tag", P + "input_size", MEASURED, "C,H,W of the model's input (cell runs older than the record schema have none)")

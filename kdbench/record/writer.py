@@ -41,9 +41,11 @@ def epoch_metrics(result: Any, prefix: str = "") -> dict[str, float]:
     return {prefix + k: v for k, v in m.items()}
 
 
-def cell_tags(cell: Any, plugin_versions: Mapping[str, str], macs_counter: str, recipe_hash: str) -> dict[str, Any]:
+def cell_tags(cell: Any, plugin_versions: Mapping[str, str], macs_counter: str, recipe_hash: str,
+              code: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The tags a cell run starts with (``cell``: a ``kdbench.core.config.CellSpec``; ``recipe_hash``: what
-    tells rows trained with different recipes apart, so that they are not averaged together silently)."""
+    tells rows trained with different recipes apart, so that they are not averaged together silently;
+    ``code``: the code tags of its methods, ``kdbench.running.code.method_code``)."""
     s = schema
     return {
         s.ROLE: s.CELL, s.SPEC_HASH: cell.spec_hash, s.SUITE: cell.suite, s.SUITE_VERSION: cell.suite_version,
@@ -51,7 +53,7 @@ def cell_tags(cell: Any, plugin_versions: Mapping[str, str], macs_counter: str, 
         s.TEACHER_ARCH: cell.teacher_arch, s.STUDENT_ARCH: cell.student_arch, s.DATASET: str(cell.dataset),
         s.SEED: cell.seed, s.TEACHER_SEED: cell.teacher.seed, s.TEACHER_FROM: cell.teacher_source, s.DEVICE: cell.device, s.SCORE_EPOCH: "last", s.RECIPE_HASH: recipe_hash,
         s.MACS_COUNTER: macs_counter,
-        **provenance_tags(plugin_versions),
+        **provenance_tags(plugin_versions), **(code or {}),
     }
 
 
@@ -124,9 +126,10 @@ class Writer:
     # ------------------------------------------------------------------ cells
 
     def start_cell(self, experiment_id: str, parent_run_id: str | None, cell: Any, *,
-                   plugin_versions: Mapping[str, str], macs_counter: str, recipe_hash: str) -> str:
+                   plugin_versions: Mapping[str, str], macs_counter: str, recipe_hash: str,
+                   code: Mapping[str, str] | None = None) -> str:
         """The run of one cell, a child of the invocation; see :func:`cell_tags`."""
-        tags = cell_tags(cell, plugin_versions, macs_counter, recipe_hash)
+        tags = cell_tags(cell, plugin_versions, macs_counter, recipe_hash, code)
         return self.start_run(experiment_id, cell.label, tags, parent_run_id)
 
     def log_cell_spec(self, run_id: str, cell: Any, method_params: Mapping[str, Any]) -> None:

@@ -16,7 +16,8 @@ record, :mod:`kdbench.record`), :func:`aggregate` turns rows into the leaderboar
   same dataset and pair on that target, in any precision, is at least as
   accurate and at least as fast, and better in one: int8 and pruned fp32
   rows compete on one front);
-- rows that mix kdbench versions or recipes are flagged, not merged silently.
+- rows that mix kdbench versions, recipes or method code (a plugin's version or source: runs kept with
+  ``--reuse-stale``) are flagged, not merged silently.
 """
 from __future__ import annotations
 
@@ -125,7 +126,7 @@ def aggregate(frame: pd.DataFrame, published: Mapping[str, Any] | None = None,
     if frame.empty:
         return pd.DataFrame(columns=GROUP + ["seeds", "failed", "top1_mean", "top1_std", "top1_ci95"])
     frame = frame.copy()
-    for col in ("recipe_hash", "kdbench_version", "top5"):
+    for col in ("recipe_hash", "kdbench_version", "method_code", "top5"):
         if col not in frame:
             frame[col] = None if col != "top5" else math.nan
     finished = latest_finished(frame)
@@ -158,6 +159,7 @@ def aggregate(frame: pd.DataFrame, published: Mapping[str, Any] | None = None,
         environments = {tuple(v) for v in g.reindex(columns=["torch_version", "cpu_model"]).dropna().values}
         versions = sorted({v for v in g["kdbench_version"].dropna()})
         recipes = {v for v in g["recipe_hash"].dropna()}
+        codes = {v for v in g["method_code"].dropna()}  # runs kept with --reuse-stale beside rerun ones
         row.update({
             "teacher": g["teacher"].iloc[0], "student": g["student"].iloc[0],
             "seeds": int(g["seed"].nunique()), "failed": int(unfinished_counts.get(key, 0)),
@@ -173,7 +175,7 @@ def aggregate(frame: pd.DataFrame, published: Mapping[str, Any] | None = None,
             "extra_params": _mean(g.get("extra_params")), "train_seconds": _mean(g.get("train_seconds")),
             "kdbench_versions": ",".join(versions),
             "mixed_versions": len(versions) > 1, "mixed_recipes": len(recipes) > 1,
-            "mixed_environments": len(environments) > 1,
+            "mixed_environments": len(environments) > 1, "mixed_code": len(codes) > 1,
         })
         row["delta_teacher"] = row["top1_mean"] - row["teacher_top1"]
         row["retention"] = row["top1_mean"] / row["teacher_top1"] if row["teacher_top1"] else math.nan
@@ -200,14 +202,16 @@ def aggregate(frame: pd.DataFrame, published: Mapping[str, Any] | None = None,
         if key not in seen:  # nothing finished: the row shows its failures only
             rows.append({**dict(zip(GROUP, key)), "seeds": 0, "failed": int(count)})
     board = pd.DataFrame(rows)
-    for col in ("top1_mean", "mixed_versions", "mixed_recipes", "mixed_environments", "teachers"):
+    for col in ("top1_mean", "mixed_versions", "mixed_recipes", "mixed_environments", "mixed_code", "teachers"):
         if col not in board:
             board[col] = math.nan if col in ("top1_mean", "teachers") else False
     board["flags"] = [
         ", ".join(f for f, on in (("mixed kdbench versions", mv), ("mixed recipes", mr),
-                                  ("mixed environments (torch or CPU)", me), ("one teacher", nt == 1)) if on is True)
-        for mv, mr, me, nt in zip(board["mixed_versions"], board["mixed_recipes"], board["mixed_environments"],
-                                  board["teachers"])
+                                  ("mixed environments (torch or CPU)", me),
+                                  ("mixed method code (plugin version or source)", mc), ("one teacher", nt == 1))
+                  if on is True)
+        for mv, mr, me, mc, nt in zip(board["mixed_versions"], board["mixed_recipes"], board["mixed_environments"],
+                                      board["mixed_code"], board["teachers"])
     ]
     board = board.sort_values(["suite", "dataset", "pair", "top1_mean"], ascending=[True, True, True, False],
                               na_position="last").reset_index(drop=True)

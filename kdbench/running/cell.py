@@ -21,6 +21,7 @@ from kdbench.measurement.measure import MACS_COUNTER, static_metrics
 from kdbench.measurement.phase import Pending, fingerprint, keep_for_measurement
 from kdbench.record import schema
 from kdbench.record.writer import Writer
+from kdbench.running.code import method_code
 from kdbench.running.pipeline import stage_plan, deploy_targets, reuse_from_mlflow, run_method
 from kdbench.core.host import PluginHost, host_for
 from kdbench.running.teachers import recorded_teacher, teacher_key
@@ -94,7 +95,8 @@ def run_cell(job: Job, host: PluginHost) -> CellResult:
     start = time.perf_counter()
     try:
         run_id = writer.start_cell(job.experiment_id, job.parent_run_id, cell, plugin_versions=host.plugin_versions(),
-                                   macs_counter=MACS_COUNTER, recipe_hash=recipe_hash(cell))
+                                   macs_counter=MACS_COUNTER, recipe_hash=recipe_hash(cell),
+                                   code=method_code(host, cell.method))
     except Exception as exc:  # the tracking store is away: nothing can be recorded, say so
         message = f"{type(exc).__name__}: {exc}".splitlines()[0]
         return CellResult(cell, "FAILED", None, error=message, seconds=time.perf_counter() - start)

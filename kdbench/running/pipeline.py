@@ -50,7 +50,7 @@ from kdbench.engine.loop import EpochResult, TrainResult, train
 from kdbench.engine.models import count_params, create_model
 from kdbench.engine.objectives import CrossEntropy
 from kdbench.engine.seeding import seed_everything
-from kdbench.core.errors import ConfigError, NotApplicableError
+from kdbench.core.errors import ConfigError, KdbenchError, NotApplicableError
 from kdbench.record import schema
 from kdbench.record.reader import finished_student
 from kdbench.running.progress import TrainingProgress, chain
@@ -84,8 +84,13 @@ def check_method(host: Any, method: Ref | Pipeline) -> None:
     stages = method_stages(method)
     for i, ref in enumerate(stages):
         registered = host.methods.get(ref.name)
-        registered.resolve_options(ref.options)
-        obj = registered.build(ref.options)
+        options = registered.resolve_options(ref.options)  # names known, values of the options' types
+        try:
+            obj = registered.factory(**options)
+        except KdbenchError:
+            raise
+        except Exception as exc:  # a factory that checks its values with ValueError, assert, ...: one line too
+            raise ConfigError(f"method {ref.name!r} rejects {ref}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
         if registered.kind == "distiller" and not isinstance(obj, Distiller):
             raise ConfigError(f"method {ref.name!r} is registered as a distiller but builds a {type(obj).__name__}")
         if registered.kind != "distiller" and not isinstance(obj, Compressor):
@@ -235,7 +240,7 @@ def _distiller_stage(
         progress = TrainingProgress(label, cell.recipe.epochs, len(data.train) // cell.recipe.batch_size)
         try:
             result = train(model, distiller, t_model, data, cell.recipe, device, generator, on_step=progress.on_step,
-                           on_epoch=chain(progress.on_epoch, lambda r: log_epoch(r, prefix, 0)))
+                           on_epoch=chain(progress.on_epoch, lambda r: log_epoch(r, prefix, 0)), name=ref.name)
         finally:
             progress.close()
         model.eval()

@@ -16,16 +16,18 @@ from pydantic import ValidationError
 
 from kdbench.record.client import tracking_uri
 from kdbench.record.liveness import reap_stale_runs
-from kdbench.record.reader import finished_spec_hashes
+from kdbench.record.reader import finished_cells
 from kdbench.record import schema
 from kdbench.record.writer import Writer
 from kdbench.core.api import CellResult, Job
 from kdbench.running.teachers import cache_dir
 from kdbench.running.cell import load_data, run_job, teacher_cache_key
+from kdbench.running.resume import plan_resume, say
 from kdbench.core.config import REFERENCE_METHOD, CellSpec, Pipeline, Recipe, Ref, Suite, format_validation_error, load_suite_file
 from kdbench.core.errors import ConfigError, DeviceUnavailableError
 from kdbench.running.pipeline import check_method, reused_cell
 from kdbench.core.host import PluginHost, using
+from kdbench.core.options import canonical_method
 from kdbench.core.registry import did_you_mean
 
 # CLI flag for each overridable field, so errors name what the user typed.
@@ -189,7 +191,8 @@ def expand(suite: Suite, host: PluginHost, device: str) -> list[CellSpec]:
         if recipe is not suite.recipe and teacher.recipe is None:
             teacher = teacher.model_copy(update={"recipe": suite.recipe})
         cells.append(CellSpec(
-            suite=suite.name, suite_version=suite.version, method=_pair_method(method, pair_ref), pair=pair.name,
+            suite=suite.name, suite_version=suite.version, pair=pair.name,
+            method=canonical_method(host, _pair_method(method, pair_ref)),  # one setting, one spec hash
             teacher_arch=pair.teacher, student_arch=pair.student,
             teacher_kwargs={**pair.teacher_kwargs, **pair_ref.options.get("teacher_kwargs", {})},
             student_kwargs={**pair.student_kwargs, **pair_ref.options.get("student_kwargs", {})},
@@ -215,10 +218,11 @@ def with_data_dir(suite: Suite, host: PluginHost, data_dir: str | None) -> Suite
 def preflight(suite: Suite, host: PluginHost, cells: list[CellSpec]) -> None:
     """Catch user mistakes before anything trains: every one is a one-line error."""
     host.executors.get(suite.executor)
-    for ref in suite.methods:
-        check_method(host, ref)
-    for cell in cells:  # per-pair method options too
-        check_method(host, cell.method)
+    checked = set()
+    for method in [*suite.methods, *(cell.method for cell in cells)]:  # per-pair method options too
+        if str(method) not in checked:  # each method built once, however many cells run it
+            checked.add(str(method))
+            check_method(host, method)
     for hw in suite.hardware:
         host.hardware.get(hw)
     for ref in suite.pairs:
@@ -276,8 +280,11 @@ def prepare(host: PluginHost, suite_name: str, overrides: Overrides) -> tuple[Su
 
 def run_suite(
     host: PluginHost, suite: Suite, cells: list[CellSpec], *, force: bool = False, command: list[str] | None = None,
+    force_methods: list[str] | None = None, reuse_stale: bool = False,
 ) -> SuiteRun:
-    """Run every cell without a FINISHED run of its spec hash (all of them with ``force``).
+    """Run every cell without a FINISHED run of its spec hash (all of them with ``force``, those of
+    ``force_methods``), and those whose run is stale (its methods' code changed; kept with ``reuse_stale``):
+    see :mod:`kdbench.running.resume`.
 
     Runs of this suite left RUNNING by a process that is gone (``kill -9``, a
     lost node) are marked KILLED first (``kdbench.record.liveness.reap_stale_runs``), so their
@@ -289,8 +296,10 @@ def run_suite(
     experiment_id = writer.experiment(suite.name)
     for run_id, reason in reap_stale_runs(writer.client, experiment_id):
         print(f"kdbench: run {run_id} was left RUNNING and {reason}: marked KILLED", file=sys.stderr, flush=True)
-    done = {} if force else finished_spec_hashes(writer.client, experiment_id)
-    todo = [cell for cell in cells if cell.spec_hash not in done]
+    plan = plan_resume(host, cells, {} if force else finished_cells(writer.client, experiment_id),
+                       force_methods=force_methods or (), reuse_stale=reuse_stale)
+    say(plan, cells)
+    done, todo = plan.kept, plan.todo
     skipped = [CellResult(cell, "SKIPPED", done[cell.spec_hash]) for cell in cells if cell.spec_hash in done]
 
     if not todo:  # everything finished before: nothing to record
@@ -385,14 +394,15 @@ def worker_environment() -> dict[str, str]:
     return env
 
 
-def describe_cells(cells: list[CellSpec], finished: dict[str, str] | None = None) -> list[dict[str, Any]]:
-    finished = finished or {}
+def describe_cells(cells: list[CellSpec], finished: dict[str, str] | None = None,
+                   stale: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    finished, stale = finished or {}, stale or {}
     return [
         {
             "spec_hash": c.short_hash, "method": str(c.method), "pair": c.pair, "teacher": c.teacher_arch,
             "student": c.student_arch, "dataset": str(c.dataset), "seed": c.seed,
             "teacher seed": c.teacher.seed if c.teacher_source == "trained" else c.teacher_source,
-            "status": "done" if c.spec_hash in finished else "to run",
+            "status": "done" if c.spec_hash in finished else "stale: to run again" if c.spec_hash in stale else "to run",
         }
         for c in cells
     ]

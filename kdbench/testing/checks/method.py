@@ -56,6 +56,7 @@ def _method_run(method: Method, options: dict[str, Any], pair: ModelPair, teache
     # the engine (and timm) load when a check runs, not when pytest loads this plugin
     from kdbench.engine.loop import forward_terms, make_optimizer, optimizer_step, setup_distiller, trainable_params
     from kdbench.engine.models import count_params, create_model
+    from kdbench.engine.rules import changed_problem, mode_problem
     from kdbench.engine.seeding import seed_everything
 
     name = method.name
@@ -105,28 +106,20 @@ def _method_run(method: Method, options: dict[str, Any], pair: ModelPair, teache
                 else:
                     _check_grads(name, student, distiller, teacher, checks)
                     checks["terms"] = {k: float(v.detach()) for k, v in terms.items()}
-            if teacher.training:
-                fail(f"method {name!r} put the teacher in training mode: its BatchNorm statistics would drift")
-            changed = [k for k, v in _state(teacher).items() if not torch.equal(v, teacher_before[k])]
-            if changed:
-                fail(f"method {name!r} changed the teacher during training ({changed[0]}, ...): the teacher must "
-                     "stay frozen")
+            problem = mode_problem(name, teacher) or changed_problem(name, teacher_before, _state(teacher))
+            if problem:
+                fail(problem)
     if checks is not None:
         checks["extra_params"] = count_params(distiller)
     return {"losses": losses, "student": _state(student), "distiller": _state(distiller)}
 
 
 def _check_ownership(name: str, distiller: Distiller, student: torch.nn.Module, teacher: torch.nn.Module) -> None:
-    teacher_ids = {id(p) for p in teacher.parameters()}
-    student_ids = {id(p) for p in student.parameters()}
-    owned = [n for n, p in distiller.named_parameters() if id(p) in teacher_ids]
-    if owned:
-        fail(f"method {name!r} registers the teacher's parameters as its own ({owned[0]}, ...): the optimiser "
-             "would train the teacher. Use batch.teacher (the host's teacher outputs) instead of keeping the teacher.")
-    owned = [n for n, p in distiller.named_parameters() if id(p) in student_ids]
-    if owned:
-        fail(f"method {name!r} registers the student's parameters as its own ({owned[0]}, ...): they would be "
-             "counted as extra parameters and optimised twice. Do not keep the student as an attribute.")
+    from kdbench.engine.rules import ownership_problem  # the rules the training loop enforces, worded once
+
+    problem = ownership_problem(name, distiller, student, teacher)
+    if problem:
+        fail(problem)
 
 
 def _check_pretrain_grads(name: str, student, distiller, teacher) -> None:
@@ -161,13 +154,11 @@ def _check_terms(name: str, terms: Any, step: int) -> None:
 
 
 def _check_grads(name: str, student, distiller, teacher, checks: dict[str, Any]) -> None:
-    leaked = [n for n, p in teacher.named_parameters() if p.grad is not None]
-    if leaked:
-        fail(f"method {name!r} leaks gradients into the teacher ({len(leaked)} tensors, e.g. {leaked[0]}): "
-             "the teacher must be used only through batch.teacher, without gradients")
-    trainable = [n for n, p in teacher.named_parameters() if p.requires_grad]
-    if trainable:
-        fail(f"method {name!r} made teacher parameters trainable again ({trainable[0]}, ...)")
+    from kdbench.engine.rules import gradient_problem
+
+    problem = gradient_problem(name, teacher)
+    if problem:
+        fail(problem)
     missing = [n for n, p in student.named_parameters() if p.requires_grad and p.grad is None]
     checks["student_params_without_grad"] = missing
     if missing and not checks["allow_unused_student_params"]:
