@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 EXTRA = "runtimes"  # the optional dependency group that installs every runtime
+TEST_IMAGES, CALIBRATION_IMAGES, CALIBRATION_BATCH = 64, 128, 32  # a cell's images for runtime targets
 INSTALL_HINT = f"pip install -e '.[{EXTRA}]' (or pip install 'kdbench[{EXTRA}]')"
 
 
@@ -39,6 +40,15 @@ def version_of(distribution: str) -> str:
         return "?"
 
 
+def is_quantized_graph(model: nn.Module) -> bool:
+    """Whether ``model`` is already quantized: an FX graph with quantize ops (PT2E ``convert_pt2e``), or
+    weights held in tensor subclasses (torchao's ``quantize_``)."""
+    graph = getattr(model, "graph", None)
+    if graph is not None and any("quantize" in str(getattr(n, "target", "")) for n in graph.nodes):
+        return True
+    return any(type(p.data) is not torch.Tensor for p in model.parameters())
+
+
 @dataclass
 class RuntimeInputs:
     """Images that runtime targets use besides the model being measured.
@@ -54,7 +64,22 @@ class RuntimeInputs:
     calibration: list[torch.Tensor] | None = None
     float_model: nn.Module | None = None
     quantized: bool = False
-    source: str = "training data"  # what the calibration images are, in labels
+    source: str = "training"  # what the calibration images are, in labels ("128 training images")
+
+    @classmethod
+    def from_data(cls, data, float_model: nn.Module | None = None, quantized: bool = False, seed: int = 0,
+                  test: int = TEST_IMAGES, calibration: int = CALIBRATION_IMAGES) -> RuntimeInputs:
+        """The first ``test`` test images, and ``calibration`` training images (a seeded random subset, as the
+        training loop sees them) in batches of :data:`CALIBRATION_BATCH`, of a ``DataBundle``."""
+        def image(split, i: int) -> torch.Tensor:
+            x = split[i][0]
+            return x[0] if isinstance(x, (list, tuple)) else x  # the first view of a multi-view split
+
+        images = torch.stack([image(data.test, i) for i in range(min(test, len(data.test)))])
+        order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed))[:calibration]
+        picked = [image(data.train, int(i)) for i in order]
+        batches = [torch.stack(picked[i:i + CALIBRATION_BATCH]) for i in range(0, len(picked), CALIBRATION_BATCH)]
+        return cls(images, batches, float_model, quantized)
 
     def test_images(self, input_size: tuple[int, ...], n: int = 32) -> tuple[torch.Tensor, str]:
         if self.images is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,8 +40,12 @@ class Exported:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"[:300]
+    """The root cause of an exporter's error, on one line (the exporters wrap it in pages of advice)."""
+    root = exc
+    while root.__cause__ is not None:
+        root = root.__cause__
+    text = re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(root).split())) or type(root).__name__
+    return f"{type(root).__name__}: {text}"[:300]
 
 
 def _quietly(fn: Callable[[], object]) -> object:

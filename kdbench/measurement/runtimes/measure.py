@@ -35,7 +35,7 @@ from torch import nn
 from kdbench.core.api import Hardware
 from kdbench.core.config import MeasureSpec
 from kdbench.measurement.memory import MemoryProbe
-from kdbench.measurement.runtimes.base import NotApplicable, Runtime, RuntimeInputs
+from kdbench.measurement.runtimes.base import NotApplicable, Runtime, RuntimeInputs, is_quantized_graph
 from kdbench.measurement.runtimes.export import (
     FP32_TOLERANCE, Agreement, Exported, agreement, export_onnx, reference_logits,
 )
@@ -84,7 +84,8 @@ def _files(model: nn.Module) -> _ModelFiles:
 
 def _export(files: _ModelFiles, which: str, model: nn.Module, input_size: tuple[int, ...]) -> Exported:
     if which not in files.exported:
-        files.exported[which] = export_onnx(model.eval(), input_size, f"{files.workdir}/{which}.onnx")
+        model.eval()  # (an exported int8 graph's eval() returns None: not chained)
+        files.exported[which] = export_onnx(model, input_size, f"{files.workdir}/{which}.onnx")
     return files.exported[which]
 
 
@@ -122,7 +123,10 @@ def prepare(model: nn.Module, hw: Hardware, precision: str, input_size: tuple[in
 
 def _prepare(runtime: Runtime, files: _ModelFiles, model: nn.Module, precision: str, input_size: tuple[int, ...],
              inputs: RuntimeInputs, threads: int) -> Prepared:
-    own_graph = precision == "fp32" or (precision == "int8" and inputs.quantized)
+    quantized = inputs.quantized or is_quantized_graph(model)
+    if quantized and precision != "int8":
+        raise NotApplicable(f"the model is an int8 graph: {precision} is measured on its float model")
+    own_graph = precision == "fp32" or (precision == "int8" and quantized)
     if own_graph:
         exported = _export(files, "deployed", model, input_size)
         if exported.ok:
@@ -139,7 +143,7 @@ def _prepare(runtime: Runtime, files: _ModelFiles, model: nn.Module, precision: 
         fallback = f"kdbench's int8 graph {exported.reason}; instead "
     else:
         fallback = ""
-    float_model = inputs.float_model if inputs.quantized and inputs.float_model is not None else model
+    float_model = inputs.float_model if quantized and inputs.float_model is not None else model
     why = runtime.quantizer_problem()
     if why:
         raise NotApplicable(f"int8 on {runtime.name} needs its quantizer: {why}")
@@ -148,8 +152,8 @@ def _prepare(runtime: Runtime, files: _ModelFiles, model: nn.Module, precision: 
         if not exported.ok:
             raise NotApplicable(f"the float model {exported.reason}")
         batches, label = inputs.calibration_batches(input_size)
-        quantized = runtime.quantize(exported.path, batches, label, files.workdir)
-        files.quantized[runtime.name] = Prepared(quantized.path, f"{quantized.label}, {_exporter_note(exported)}")
+        own = runtime.quantize(exported.path, batches, label, files.workdir)
+        files.quantized[runtime.name] = Prepared(own.path, f"{own.label}, {_exporter_note(exported)}")
     made = files.quantized[runtime.name]
     check, what = _check(runtime, made.path, float_model, inputs, input_size, threads)
     return Prepared(made.path, f"{fallback}{made.label}; vs the fp32 model: {check.text()} ({what})", check)
