@@ -12,6 +12,7 @@ import contextlib
 import io
 import os
 import re
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,9 +49,27 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(root).__name__}: {text}"[:300]
 
 
+@contextlib.contextmanager
+def _no_native_stdout():
+    """Silence file descriptor 1 too: the TorchScript exporter prints whole graphs from C++ on failure."""
+    try:
+        saved = os.dup(1)
+    except OSError:  # no usable descriptor 1 (some embedded interpreters): nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _quietly(fn: Callable[[], object]) -> object:
-    """Run an exporter without its progress lines and deprecation warnings on the console."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    """Run an exporter without its progress lines, graph dumps and deprecation warnings on the console."""
+    sys.stdout.flush()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _no_native_stdout():
         warnings.simplefilter("ignore")
         return fn()
 

@@ -150,7 +150,7 @@ def _prepare(runtime: Runtime, files: _ModelFiles, model: nn.Module, precision: 
     if runtime.name not in files.quantized:
         exported = _export(files, "float" if float_model is not model else "deployed", float_model, input_size)
         if not exported.ok:
-            raise NotApplicable(f"the float model {exported.reason}")
+            raise NotApplicable(f"the {'float ' if float_model is not model else ''}model {exported.reason}")
         batches, label = inputs.calibration_batches(input_size)
         own = runtime.quantize(exported.path, batches, label, files.workdir)
         files.quantized[runtime.name] = Prepared(own.path, f"{own.label}, {_exporter_note(exported)}")
