@@ -95,7 +95,8 @@ def _print(console, loaded: LoadedModel, static: dict, results: list) -> None:
 @click.option("--input-size", help="C,H,W (default: the checkpoint's or the run's, else timm's default for the architecture).")
 @click.option("--num-classes", type=click.IntRange(min=1), help="Classes of the head (default: from the weights, else 1000).")
 @click.option("--precision", "precisions", multiple=True,
-              help="Precisions, comma-separated: fp32, bf16, fp16 (autocast), int8 (already quantized). "
+              help="Precisions, comma-separated: fp32, bf16, fp16 (autocast), int8 (already quantized; on "
+                   "ort-cpu/openvino-cpu, the runtime's own quantization). "
                    "Default: each target's own.")
 @click.option("--compile", "compile_", is_flag=True, help="Measure torch.compile(model); compile time is reported apart.")
 @click.option("--channels-last", is_flag=True, help="Use the channels_last memory format.")
