@@ -181,6 +181,13 @@ def test_targets_are_listed_with_their_probe_results(kdbench_env):
             assert not row["available"] and ("onnxruntime-gpu" in row["reason"] or "CUDA" in row["reason"])
 
 
+def test_the_hardware_contract_catches_a_runtime_that_is_not_one():
+    from kdbench.testing import ContractError, check_hardware
+
+    with pytest.raises(ContractError, match="runtime must be a kdbench.measurement.runtimes.Runtime, got str"):
+        check_hardware(kdbench.Hardware("odd", "cpu", runtime="onnxruntime"))
+
+
 def test_missing_runtime_package_names_the_extra(kdbench_env, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
