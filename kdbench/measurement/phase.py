@@ -167,8 +167,7 @@ def combine_rounds(rounds: list[list[TargetResult]]) -> tuple[dict[str, float], 
     return out, rounds[-1]
 
 
-def measure_group(models: list[tuple[str, nn.Module, list[Hardware], tuple[int, int, int]] | tuple[Any, ...]],
-                  spec: MeasureSpec) -> dict[str, Measured]:
+def measure_group(models: list[tuple[Any, ...]], spec: MeasureSpec) -> dict[str, Measured]:
     """Measure each (key, model, targets, input size[, runtime inputs]) on its targets in ``spec.rounds``
     interleaved rounds."""
     rounds = max(1, spec.rounds)

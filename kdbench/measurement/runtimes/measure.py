@@ -67,7 +67,7 @@ class _ModelFiles:
     workdir: str
     exported: dict[str, Exported] = field(default_factory=dict)  # "deployed" / "float"
     prepared: dict[tuple[str, str], Prepared | Exception] = field(default_factory=dict)  # (target, precision)
-    quantized: dict[str, Prepared | Exception] = field(default_factory=dict)  # by runtime name
+    quantized: dict[str, Prepared] = field(default_factory=dict)  # the runtime's own int8 model, by runtime name
 
 
 _FILES: weakref.WeakKeyDictionary[nn.Module, _ModelFiles] = weakref.WeakKeyDictionary()
