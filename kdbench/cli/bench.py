@@ -64,12 +64,15 @@ def _print(console, loaded: LoadedModel, static: dict, results: list) -> None:
         s = f".{r.suffix}"
         hw = r.hardware
         if r.status != "measured":
-            table.add_row(r.target, r.precision or "—", hw.mode if hw else "", "", *[""] * 8,
+            table.add_row(r.target, r.precision or "—", (hw.runtime.name if hw.runtime else hw.mode) if hw else "",
+                          "", *[""] * 8,
                           f"{r.status}: {r.reason}")
             continue
         thr = m.get("threads" + s)
+        mode = hw.runtime.name if hw.runtime is not None else \
+            f"{hw.mode}{' cl' if hw.memory_format == 'channels_last' else ''}"
         table.add_row(
-            r.target, r.precision, f"{hw.mode}{' cl' if hw.memory_format == 'channels_last' else ''}",
+            r.target, r.precision, mode,
             f"{thr:.0f}" if thr is not None and hw.device == "cpu" else "—",
             _fmt(m.get("latency_p50_ms" + s)), _fmt(m.get("latency_p90_ms" + s)), _fmt(m.get("latency_p99_ms" + s)),
             f"{_fmt(m.get('latency_mean_ms' + s))}±{_fmt(m.get('latency_std_ms' + s), 2)}",
@@ -78,6 +81,9 @@ def _print(console, loaded: LoadedModel, static: dict, results: list) -> None:
             _fmt(m.get("peak_mem_mb" + s)), _fmt(m.get("compile_s" + s)), "measured",
         )
     console.print(table)
+    for r in results:  # runtime targets: what ran (exporter, whose int8 model) and how it agrees with PyTorch
+        if r.detail:
+            console.print(f"  {r.suffix}: {r.detail}")
 
 
 # --------------------------------------------------------------------------- command
@@ -91,7 +97,8 @@ def _print(console, loaded: LoadedModel, static: dict, results: list) -> None:
 @click.option("--input-size", help="C,H,W (default: the checkpoint's or the run's, else timm's default for the architecture).")
 @click.option("--num-classes", type=click.IntRange(min=1), help="Classes of the head (default: from the weights, else 1000).")
 @click.option("--precision", "precisions", multiple=True,
-              help="Precisions, comma-separated: fp32, bf16, fp16 (autocast), int8 (already quantized). "
+              help="Precisions, comma-separated: fp32, bf16, fp16 (autocast), int8 (already quantized; on "
+                   "ort-cpu/openvino-cpu, the runtime's own quantization). "
                    "Default: each target's own.")
 @click.option("--compile", "compile_", is_flag=True, help="Measure torch.compile(model); compile time is reported apart.")
 @click.option("--channels-last", is_flag=True, help="Use the channels_last memory format.")
@@ -158,7 +165,7 @@ def bench_command(ctx: click.Context, models, hardware, batch_size, throughput_b
                 "model": item.label, "arch": item.arch, "source": item.source, "input_size": list(item.input_size),
                 "num_classes": item.num_classes, "static": static,
                 "results": [{"target": r.target, "precision": r.precision, "status": r.status, "reason": r.reason,
-                             "metrics": r.metrics} for r in results],
+                             "detail": r.detail, "metrics": r.metrics} for r in results],
             })
         else:
             _print(console, item, static, results)

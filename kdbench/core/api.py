@@ -244,6 +244,8 @@ class Hardware:
     ``int8`` labels a model that a quantizer already converted (run as is).
     ``memory_format`` is applied to the model and its input; ``mode="compile"``
     measures ``torch.compile(model)`` (compile time reported apart).
+    ``runtime``: a deployment runtime (``kdbench.measurement.runtimes.Runtime``, e.g. ONNX Runtime) that
+    runs the model exported to ONNX instead of PyTorch; ``mode`` and ``memory_format`` then do not apply.
     """
 
     name: str
@@ -255,6 +257,7 @@ class Hardware:
     precisions: tuple[str, ...] = ()  # precisions measured here; empty: (precision,)
     memory_format: Literal["contiguous", "channels_last"] = "contiguous"
     mode: Literal["eager", "compile"] = "eager"
+    runtime: Any = None
 
     @property
     def measured_precisions(self) -> tuple[str, ...]:

@@ -63,6 +63,7 @@ def _suite_from(item: Any) -> Any:
 def _hardware_row(h: Hardware) -> dict[str, Any]:
     reason = h.probe()
     return {"name": h.name, "device": h.device, "threads": h.threads, "precision": h.precision,
+            "precisions": list(h.measured_precisions), "runtime": getattr(h.runtime, "name", "") or "",
             "available": reason is None, "reason": reason or ""}
 
 
@@ -95,7 +96,7 @@ KINDS: tuple[Kind, ...] = (
     Kind(
         "hardware", "hardware", "register_hardware", "kdbench.core.api:Hardware", "hardware target",
         _hardware_row,
-        ("name", "device", "threads", "precision", "available", "reason"),
+        ("name", "device", "threads", "precisions", "runtime", "available", "reason"),
         scaffold=Scaffold("a CPU measurement target (2 threads, channels_last)",
                           f"kdbench run --hardware cpu,{{name}} {_RUN}"),
     ),

@@ -56,6 +56,7 @@ from kdbench.core.api import Hardware
 from kdbench.core.config import MeasureSpec
 from kdbench.engine.seeding import torch_threads
 from kdbench.measurement.memory import MemoryProbe
+from kdbench.measurement.runtimes.base import NotApplicable
 from kdbench.measurement.static import MACS_COUNTER, count_macs, size_on_disk_bytes, static_metrics
 from kdbench.measurement.targets import (
     PRECISIONS, SUPPORTED_PRECISIONS, compile_problem, default_threads, describe_target, metric_suffix,
@@ -200,6 +201,7 @@ class TargetResult:
     reason: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
     hardware: Hardware | None = None
+    detail: str = ""  # what was measured, where a target says more than its description (a runtime's file)
 
     @property
     def suffix(self) -> str:
@@ -208,12 +210,14 @@ class TargetResult:
 
 def measure_targets(
     model: nn.Module, targets: list[Hardware], input_size: tuple[int, int, int], spec: MeasureSpec,
-    on_result: Callable[[TargetResult], None] | None = None,
+    on_result: Callable[[TargetResult], None] | None = None, inputs: Any = None,
 ) -> list[TargetResult]:
     """Measure every target × precision; absent targets and precisions are skipped with the reason.
 
     A measurement that raises is recorded as failed with its error and the
-    others go on (a crash on one target must not lose the cell).
+    others go on (a crash on one target must not lose the cell). Targets with
+    a deployment runtime are measured by :mod:`kdbench.measurement.runtimes`;
+    ``inputs`` (a ``RuntimeInputs``) gives them test and calibration images.
     """
     results: list[TargetResult] = []
 
@@ -223,7 +227,7 @@ def measure_targets(
             on_result(r)
 
     for hw in targets:
-        reason = hw.probe() or (compile_problem(hw) if hw.mode == "compile" else None)
+        reason = hw.probe() or (compile_problem(hw) if hw.mode == "compile" and hw.runtime is None else None)
         if reason:
             add(TargetResult(hw.name, None, "skipped", reason, hardware=hw))
             continue
@@ -232,14 +236,28 @@ def measure_targets(
             if problem:
                 add(TargetResult(hw.name, precision, "skipped", problem, hardware=hw))
                 continue
+            detail = ""
             try:
-                metrics = measure_latency(model, hw, input_size, spec, precision)
+                if hw.runtime is not None:
+                    metrics, detail = _measure_runtime(model, hw, input_size, spec, precision, inputs)
+                else:
+                    metrics = measure_latency(model, hw, input_size, spec, precision)
             except Exception as exc:  # recorded, not raised: the other targets still run
+                if isinstance(exc, NotApplicable):  # a runtime target the model cannot run on (it does not export)
+                    add(TargetResult(hw.name, precision, "skipped", f"not applicable on {hw.name}: {exc}"[:500],
+                                     hardware=hw))
+                    continue
                 message = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
                 add(TargetResult(hw.name, precision, "failed", message, hardware=hw))
                 continue
-            add(TargetResult(hw.name, precision, "measured", metrics=metrics, hardware=hw))
+            add(TargetResult(hw.name, precision, "measured", metrics=metrics, hardware=hw, detail=detail))
     return results
+
+
+def _measure_runtime(model, hw, input_size, spec, precision, inputs):
+    from kdbench.measurement.runtimes.measure import measure_runtime  # lazily: it is not needed without runtimes
+
+    return measure_runtime(model, hw, input_size, spec, precision, inputs, target_threads(hw))
 
 
 def result_tags(results: list[TargetResult]) -> dict[str, str]:
@@ -254,7 +272,9 @@ def result_tags(results: list[TargetResult]) -> dict[str, str]:
     for r in results:
         by_target.setdefault(r.target, []).append(r)
         if r.precision is not None:
-            tags[schema.fill(schema.MEASURE_PRECISION, target=r.target, precision=r.precision)] = r.status + (f": {r.reason}" if r.reason else "")
+            said = r.reason or r.detail
+            tags[schema.fill(schema.MEASURE_PRECISION, target=r.target, precision=r.precision)] = \
+                (r.status + (f": {said}" if said else ""))[:5000]  # MLflow's limit on a tag value
     for target, rs in by_target.items():
         measured = [r for r in rs if r.status == "measured"]
         if measured and measured[0].hardware is not None:

@@ -71,15 +71,23 @@ class Pending:
     targets: list[Hardware]  # as the deployment is measured on them (``deploy_targets``)
     model: nn.Module | None = None  # held once per key in this process; None: not kept here
     reference: bool = False  # the dense student of the group (measured first in the first round)
+    inputs: Any = None  # RuntimeInputs for runtime targets (test and calibration images); None: none needed
 
 
 _KEPT: dict[str, nn.Module] = {}  # fingerprint → one model, in the process that trained it
 _PENDING: list[Pending] = []
 
 
+_INPUTS: dict[str, Any] = {}  # fingerprint → the runtime inputs of the cell whose model was kept
+
+
 def keep_for_measurement(pending: Pending, model: nn.Module) -> None:
-    """Record a trained cell's deployed model for the phase (one copy per distinct model is kept)."""
+    """Record a trained cell's deployed model for the phase (one copy per distinct model is kept, with one set
+    of runtime inputs)."""
     _KEPT.setdefault(pending.key, model)
+    if pending.inputs is not None:
+        _INPUTS.setdefault(pending.key, pending.inputs)
+        pending.inputs = None
     _PENDING.append(pending)
 
 
@@ -90,8 +98,10 @@ def take_pending(run_ids: Iterable[str]) -> list[Pending]:
     _PENDING[:] = [p for p in _PENDING if p.run_id not in wanted]
     for p in taken:
         p.model = _KEPT.get(p.key)
+        p.inputs = p.inputs or _INPUTS.get(p.key)
     if not _PENDING:
         _KEPT.clear()
+        _INPUTS.clear()
     return taken
 
 
@@ -157,9 +167,9 @@ def combine_rounds(rounds: list[list[TargetResult]]) -> tuple[dict[str, float], 
     return out, rounds[-1]
 
 
-def measure_group(models: list[tuple[str, nn.Module, list[Hardware], tuple[int, int, int]]],
-                  spec: MeasureSpec) -> dict[str, Measured]:
-    """Measure each (key, model, targets, input size) on its targets in ``spec.rounds`` interleaved rounds."""
+def measure_group(models: list[tuple[Any, ...]], spec: MeasureSpec) -> dict[str, Measured]:
+    """Measure each (key, model, targets, input size[, runtime inputs]) on its targets in ``spec.rounds``
+    interleaved rounds."""
     rounds = max(1, spec.rounds)
     per_round = spec.model_copy(update={
         "min_run_time": max(0.05, spec.min_run_time / rounds), "min_calls": max(5, spec.min_calls // rounds),
@@ -169,8 +179,9 @@ def measure_group(models: list[tuple[str, nn.Module, list[Hardware], tuple[int, 
     load = OtherLoad().start()
     for r in range(rounds):
         order = models if r % 2 == 0 else list(reversed(models))
-        for key, model, targets, input_size in order:
-            collected[key].append(measure_targets(model, targets, input_size, per_round))
+        for key, model, targets, input_size, *inputs in order:
+            collected[key].append(measure_targets(model, targets, input_size, per_round,
+                                                  inputs=inputs[0] if inputs else None))
     load.stop()
     out: dict[str, Measured] = {}
     for key, results in collected.items():
@@ -196,7 +207,7 @@ def measure_phase(pending: list[Pending], spec: MeasureSpec, log: Any) -> int:
         for p in sorted(items, key=lambda p: not p.reference):  # the reference first
             if p.model is not None:
                 distinct.setdefault(p.key, p)
-        results = measure_group([(k, p.model, p.targets, p.input_size) for k, p in distinct.items()], spec) \
+        results = measure_group([(k, p.model, p.targets, p.input_size, p.inputs) for k, p in distinct.items()], spec) \
             if distinct else {}
         measured += len(results)
         for p in items:

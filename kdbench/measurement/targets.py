@@ -55,6 +55,8 @@ def compile_problem(hardware: Hardware) -> str | None:
 
 def precision_problem(hardware: Hardware, precision: str) -> str | None:
     """None when ``precision`` can be measured on ``hardware`` here, else why not."""
+    if hardware.runtime is not None:
+        return hardware.runtime.precision_problem(precision)
     kind = torch.device(hardware.device).type
     supported = SUPPORTED_PRECISIONS.get(kind, ("fp32",))
     if precision not in supported:
@@ -66,6 +68,8 @@ def precision_problem(hardware: Hardware, precision: str) -> str | None:
 
 def describe_target(hardware: Hardware) -> str:
     threads = target_threads(hardware) if torch.device(hardware.device).type == "cpu" else hardware.threads
+    if hardware.runtime is not None:
+        return f"{hardware.device}, {hardware.runtime.describe(threads)}, {'/'.join(hardware.measured_precisions)}"
     parts = [hardware.device]
     if threads:
         parts.append(f"{threads} thread{'s' if threads > 1 else ''}")

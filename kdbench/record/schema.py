@@ -211,16 +211,19 @@ TARGET_METRICS = {
     "throughput_ips": "images/s at the throughput batch",
     "throughput_batch": "the throughput batch size",
     "peak_mem_mb": "peak memory above the process's before the model was copied",
-    "compile_s": "compile mode: compilation seconds (apart from latency)",
+    "compile_s": "compile mode: compilation seconds (apart from latency); runtimes: session build seconds",
     "threads": "torch threads used",
     "measure_s": "seconds the measurement took",
     "latency_cv": "coefficient of variation of the p50 across the measurement phase's rounds",
+    "export_max_abs_diff": "runtimes: largest logit difference from the PyTorch model (int8 of a float model: from it)",
+    "export_top1_agreement": "runtimes: share of test images whose top-1 class matches the PyTorch model's",
 }
 for _base, _doc in TARGET_METRICS.items():
     declare("metric", _base + ".<target>.<precision>", MEASURED, _doc)
 LATENCY_P50, THROUGHPUT, COMPILE_S, THREADS = "latency_p50_ms", "throughput_ips", "compile_s", "threads"
 LATENCY_BATCH, THROUGHPUT_BATCH, PEAK_MEM_MB, MEASURE_S = "latency_batch", "throughput_batch", "peak_mem_mb", "measure_s"
 LATENCY_CV = "latency_cv"
+EXPORT_MAX_ABS_DIFF, EXPORT_TOP1_AGREEMENT = "export_max_abs_diff", "export_top1_agreement"
 MEASURE_ROUNDS = declare("metric", "measure_rounds", MEASURED, "interleaved rounds of the measurement phase")
 MEASURE_OTHER_CPU = declare("metric", "measure_other_cpu", MEASURED,
                             "share of the machine's CPU other processes used during the measurement phase")

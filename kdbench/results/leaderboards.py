@@ -186,12 +186,15 @@ def aggregate(frame: pd.DataFrame, published: Mapping[str, Any] | None = None,
             row[LATENCY + t] = lat
             row[THROUGHPUT + t] = _mean(g.get(THROUGHPUT + t))
             row[COMPILE_S + t] = _mean(g.get(COMPILE_S + t))  # compiled targets: apart from latency
-            # a quantized model (cpu.int8) is compared with the fp32 student on the same target
-            base = ref.get(t, math.nan)
+            # an int8 model (cpu.int8, ort-cpu.int8) is compared with the fp32 student on the same target
+            hw, precision = split_target(t)
+            base_t = f"{hw}.fp32" if precision == "int8" and f"{hw}.fp32" in ref else t
+            base = ref.get(base_t, math.nan)
             if math.isnan(base):
-                base = ref.get(t.split(".")[0] + ".fp32", math.nan)
+                base_t = hw + ".fp32"
+                base = ref.get(base_t, math.nan)
             speedup = base / lat if lat and not math.isnan(lat) and not no_speedup else math.nan
-            note = speedup_problem(g, base_noise.get(tuple(key[:3])), t) if not math.isnan(lat) else None
+            note = speedup_problem(g, base_noise.get(tuple(key[:3])), t, base_t) if not math.isnan(lat) else None
             if note is None and math.isnan(base) and not math.isnan(lat) and not no_speedup:
                 note = "no reference: the student baseline failed or was not measured on this target"
             row["speedup." + t] = math.nan if note else speedup
@@ -224,19 +227,25 @@ def aggregate(frame: pd.DataFrame, published: Mapping[str, Any] | None = None,
     return board
 
 
-def speedup_problem(rows: pd.DataFrame, reference: pd.DataFrame | None, target: str) -> str | None:
+def speedup_problem(rows: pd.DataFrame, reference: pd.DataFrame | None, target: str,
+                    reference_target: str | None = None) -> str | None:
     """Why a speed-up on ``target`` cannot be shown as a number, or None. Unreliable when the round-to-round
     CV of the row's or its reference's p50 is above ``phase.MAX_CV``, when other processes used more than
     ``phase.MAX_OTHER_CPU`` of the machine meanwhile, or when the two were measured in different sessions;
-    never when the row deploys the reference's own model (one shared measurement)."""
+    never when the row deploys the reference's own model on the same target × precision (one shared
+    measurement). ``reference_target``: the reference's figure compared with (``ort-cpu.fp32`` for
+    ``ort-cpu.int8``); default ``target``."""
     from kdbench.measurement.phase import MAX_CV, MAX_OTHER_CPU
 
-    if same_deployed_model(rows, reference):
+    reference_target = reference_target or target
+    if reference_target == target and same_deployed_model(rows, reference):
         return None  # one measurement of one model: the ratio is 1 by identity, whatever its noise
-    both = pd.concat([rows, reference]) if reference is not None else rows
-    cv = both.get(LATENCY_CV + target)
+    cvs = [frame.get(LATENCY_CV + t) for frame, t in ((rows, target), (reference, reference_target))
+           if frame is not None]
+    cv = pd.concat([c for c in cvs if c is not None]) if any(c is not None for c in cvs) else None
     if cv is not None and cv.notna().any() and cv.max() > MAX_CV:
         return f"unreliable (CV {cv.max():.0%})"
+    both = pd.concat([rows, reference]) if reference is not None else rows
     other = both.get("measure_other_cpu")
     if other is not None and other.notna().any() and other.max() > MAX_OTHER_CPU:
         return f"unreliable (measured under load: other processes {other.max():.0%} of the CPU)"

@@ -89,6 +89,17 @@ def prepare_teacher(job: Job) -> str:
         return f"failed: {type(exc).__name__}: {exc}".splitlines()[0]
 
 
+def runtime_inputs(targets: list, data: DataBundle, outcome: Any, seed: int) -> Any:
+    """Test and calibration images for deployment-runtime targets (None when the cell has none)."""
+    if not any(t.runtime is not None for t in targets):
+        return None
+    from kdbench.measurement.runtimes import RuntimeInputs
+
+    quantized = outcome.deployment is not None and outcome.deployment.precision == "int8"
+    # an int8 graph keeps its float model: what a runtime quantizes itself when the graph does not export
+    return RuntimeInputs.from_data(data, outcome.float_model.to("cpu") if quantized else None, quantized, seed)
+
+
 def run_cell(job: Job, host: PluginHost) -> CellResult:
     cell = job.cell
     writer = Writer.connect(job.tracking_uri)
@@ -124,10 +135,11 @@ def run_cell(job: Job, host: PluginHost) -> CellResult:
         # timed later, in the measurement phase, once per distinct deployed model (kdbench.measurement.phase)
         key = fingerprint(student_cpu, cell.student_arch, cell.student_kwargs, data.input_size, outcome.deployment,
                           run_id)
+        targets = deploy_targets([host.hardware.get(h) for h in cell.hardware], outcome.deployment)
         keep_for_measurement(Pending(
-            run_id, (str(cell.dataset), cell.pair), key, tuple(data.input_size),
-            deploy_targets([host.hardware.get(h) for h in cell.hardware], outcome.deployment),
+            run_id, (str(cell.dataset), cell.pair), key, tuple(data.input_size), targets,
             reference=len(method_stages(cell.method)) == 1 and cell.method.name == REFERENCE_METHOD,
+            inputs=runtime_inputs(targets, data, outcome, cell.seed),
         ), student_cpu)
         example = torch.stack([data.test[i][0] for i in range(min(8, len(data.test)))])
         for extra in host.call("extra_metrics", model=student_cpu, cell=cell, example=example):

@@ -123,7 +123,7 @@ def deploy_targets(targets: list[Hardware], deployment: Deployment | None) -> li
             out.append(dataclasses.replace(hw, probe=lambda why=why: why))
             continue
         changes: dict[str, Any] = {}
-        if deployment.mode:
+        if deployment.mode and hw.runtime is None:  # a runtime runs its own graph: no torch.compile
             changes["mode"] = deployment.mode
         if deployment.precision:
             changes.update(precision=deployment.precision, precisions=(deployment.precision,))

@@ -51,6 +51,12 @@ def check_hardware(
     unknown = [p for p in hardware.measured_precisions if p not in measure.PRECISIONS]
     if unknown:
         fail(f"hardware {name!r}: unknown precision {unknown[0]!r}; valid: {', '.join(measure.PRECISIONS)}")
+    if hardware.runtime is not None:
+        from kdbench.measurement.runtimes import Runtime
+
+        if not isinstance(hardware.runtime, Runtime):
+            fail(f"hardware {name!r}: runtime must be a kdbench.measurement.runtimes.Runtime, "
+                 f"got {type(hardware.runtime).__name__}")
     if hardware.threads is not None and (not isinstance(hardware.threads, int) or hardware.threads < 1):
         fail(f"hardware {name!r}: threads must be None or a positive integer, got {hardware.threads!r}")
     try:
