@@ -22,6 +22,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from kdbench.core.diskspace import explain_write_error
 from kdbench.record import heartbeat, schema
 from kdbench.record.client import RetryingClient, TrackingError, client
 from kdbench.record.liveness import close_open_children, owner_tags
@@ -29,6 +30,7 @@ from kdbench.record.provenance import provenance_tags
 from kdbench.record.store import MAX_PARAM_LEN, ensure_experiment, flatten, log_metrics, log_params, set_tags
 
 FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
+_UNRECORDED: dict[str, str] = {}  # run id → the error this process could not record on it (store away)
 
 
 def epoch_metrics(result: Any, prefix: str = "") -> dict[str, float]:
@@ -100,11 +102,14 @@ class Writer:
         self.client.log_text(run_id, suite.model_dump_json(indent=2), schema.SUITE_JSON)
         return run_id
 
-    def end_invocation(self, experiment_id: str, run_id: str, *, finished: int, failed: int) -> None:
-        """Close the invocation (and any child its worker left open: an OOM kill, a lost node); never raises
-        for an unreachable store, which is printed instead."""
+    def end_invocation(self, experiment_id: str, run_id: str, *, finished: int, failed: int,
+                       errors: Mapping[str, str] | None = None) -> None:
+        """Close the invocation (and any child its worker left open: an OOM kill, a lost node, or a cell that
+        could not close its run while the store was away, recorded with ``errors[run_id]``, the error its cell
+        ended with); never raises for an unreachable store, which is printed instead."""
         try:
-            close_open_children(self.client, experiment_id, run_id, FAILED, "its worker ended without closing the run")
+            close_open_children(self.client, experiment_id, run_id, FAILED, "its worker ended without closing the run",
+                                {**_UNRECORDED, **(errors or {})})
             log_metrics(self.client, run_id, {schema.CELLS_FINISHED: finished, schema.CELLS_FAILED: failed})
             self.client.set_terminated(run_id, FAILED if failed else FINISHED)
         except TrackingError as exc:
@@ -155,7 +160,10 @@ class Writer:
         """``save(path)`` writes the model as the artifact ``name``; returns its bytes."""
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, name)
-            save(path)
+            try:
+                save(path)
+            except Exception as exc:
+                raise explain_write_error(exc, path) or exc  # a full disk says so, not torch's "unexpected pos"
             size = os.path.getsize(path)
             self.client.log_artifact(run_id, path)
         return size
@@ -187,6 +195,7 @@ class Writer:
                 self.client.set_terminated(run_id, status)
         except Exception as exc:
             heartbeat.stop(run_id)
+            _UNRECORDED[run_id] = message
             print(f"kdbench: could not record run {run_id} as {status} ({message}): {exc}", file=sys.stderr, flush=True)
 
     def mark_killed(self, run_id: str, message: str, details: str) -> None:
