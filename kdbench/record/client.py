@@ -77,9 +77,26 @@ def outage(uri: str) -> Outage | None:
     return _OUTAGES.get(uri)
 
 
+# what a transient error says, in a few words, found in MLflow's and urllib3's long messages
+CAUSES = (("Connection refused", "connection refused"), ("Connection reset", "connection reset"),
+          ("timed out", "timed out"), ("Name or service not known", "unknown host"),
+          ("Temporary failure in name resolution", "name resolution failed"),
+          ("database is locked", "database is locked"), ("RemoteDisconnected", "the server closed the connection"))
+
+
+def forget_outages() -> None:
+    """Forget every store this process found down (the next call to each tries it in full again)."""
+    with _OUTAGES_LOCK:
+        _OUTAGES.clear()
+
+
 def _first_line(exc: BaseException) -> str:
+    """The cause of a transient error in a few words (``connection refused``), else its first line, cut."""
     text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+    for marker, short in CAUSES:
+        if marker in text:
+            return short
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
 
 
 def _say(text: str) -> None:
@@ -138,7 +155,7 @@ class RetryingClient:
                     raise
                 waited = time.monotonic() - start
                 if attempt == 0 and retries and budget > 0:
-                    _say(f"tracking store {uri} is not answering ({type(exc).__name__}: {_first_line(exc)[:120]}); "
+                    _say(f"tracking store {uri} is not answering ({_first_line(exc)}); "
                          f"retrying for up to {budget:.0f}s ({settings.TIMEOUT_S})")
                 if attempt == retries or waited + delay > budget:
                     self._mark_down(uri, exc)
@@ -184,6 +201,14 @@ class RetryingClient:
                      f"(one try every {settings.probe_s():.0f}s, {settings.PROBE_S})")
 
 
+def tracking_uri() -> str:
+    """The tracking URI in effect (``--tracking-uri``, ``MLFLOW_TRACKING_URI``, or MLflow's default)."""
+    import mlflow
+
+    return mlflow.get_tracking_uri()
+
+
+_uri_in_effect = tracking_uri  # client()'s argument of the same name hides it there
 _READY: set[str] = set()  # local stores this process has created or opened (under their lock)
 
 
@@ -192,18 +217,14 @@ def client(tracking_uri: str | None = None) -> RetryingClient:
     from mlflow.tracking import MlflowClient
 
     settings.apply_mlflow_http_defaults()
-    inner = MlflowClient(tracking_uri=tracking_uri)
-    uri = inner.tracking_uri
-    if uri not in _READY and local_store_path(uri) is not None:
-        # MLflow creates a new SQLite store's tables on first use: two processes doing it at once collide
-        with store_lock(uri):
-            inner._tracking_client.store  # noqa: B018  (opens, creating the tables when needed)
-        _READY.add(uri)
+    uri = tracking_uri or _uri_in_effect()
+    if uri in _READY or local_store_path(uri) is None:
+        return RetryingClient(MlflowClient(tracking_uri=uri))
+    # MLflow creates a new SQLite store's tables when the first client opens it: two processes doing that
+    # at once collide (``duplicate column name: step``), so the first opening in a process holds the lock
+    with store_lock(uri):
+        inner = MlflowClient(tracking_uri=uri)
+        inner._tracking_client.store  # noqa: B018  (opened, its tables created when needed)
+    _READY.add(uri)
     return RetryingClient(inner)
 
-
-def tracking_uri() -> str:
-    """The tracking URI in effect (``--tracking-uri``, ``MLFLOW_TRACKING_URI``, or MLflow's default)."""
-    import mlflow
-
-    return mlflow.get_tracking_uri()
