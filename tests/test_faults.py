@@ -427,6 +427,8 @@ def test_tracking_server_going_away_fails_the_cell_clearly_then_resumes(faulty, 
         proxy.cut()
     runs = runs_of(client, "server-away")
     assert not [r for r in runs if r.info.status == "RUNNING"]
-    assert client.get_run(cut_run.info.run_id).info.status == "KILLED"
+    closed = client.get_run(cut_run.info.run_id)
+    assert closed.info.status == "KILLED"  # with the error its cell ended with, kept while the store was away
+    assert "it had ended with TrackingError: tracking store" in closed.data.tags["kdbench.error"]
     finished = [r for r in runs_of(client, "server-away", "cell") if r.info.status == "FINISHED"]
     assert sorted(r.data.tags["kdbench.method"] for r in finished) == ["baseline", "cut_tracking"]

@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from kdbench.record import heartbeat, schema, settings
+from kdbench.record import heartbeat, schema, settings, unrecorded
 from kdbench.record.store import MAX_PARAM_LEN, search_all
 
 
@@ -115,7 +115,10 @@ def reap_stale_runs(c, experiment_id: str) -> list[tuple[str, str]]:
         if reason is None:
             continue
         run_id = run.info.run_id
-        c.set_tag(run_id, schema.ERROR, f"abandoned: {reason}; marked KILLED by a later kdbench run")
+        lost = unrecorded.recall(run_id)  # the error its cell ended with, when the store was away then
+        if lost:
+            reason = f"{reason}; it had ended with {lost}"
+        c.set_tag(run_id, schema.ERROR, f"abandoned: {reason}; marked KILLED by a later kdbench run"[:MAX_PARAM_LEN])
         c.set_terminated(run_id, "KILLED")
         reaped.append((run_id, reason))
     return reaped

@@ -23,14 +23,13 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from kdbench.core.diskspace import explain_write_error
-from kdbench.record import heartbeat, schema
+from kdbench.record import heartbeat, schema, unrecorded
 from kdbench.record.client import RetryingClient, TrackingError, client
 from kdbench.record.liveness import close_open_children, owner_tags
 from kdbench.record.provenance import provenance_tags
 from kdbench.record.store import MAX_PARAM_LEN, ensure_experiment, flatten, log_metrics, log_params, set_tags
 
 FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
-_UNRECORDED: dict[str, str] = {}  # run id → the error this process could not record on it (store away)
 
 
 def epoch_metrics(result: Any, prefix: str = "") -> dict[str, float]:
@@ -109,7 +108,7 @@ class Writer:
         ended with); never raises for an unreachable store, which is printed instead."""
         try:
             close_open_children(self.client, experiment_id, run_id, FAILED, "its worker ended without closing the run",
-                                {**_UNRECORDED, **(errors or {})})
+                                {**unrecorded.known(), **(errors or {})})
             log_metrics(self.client, run_id, {schema.CELLS_FINISHED: finished, schema.CELLS_FAILED: failed})
             self.client.set_terminated(run_id, FAILED if failed else FINISHED)
         except TrackingError as exc:
@@ -195,7 +194,7 @@ class Writer:
                 self.client.set_terminated(run_id, status)
         except Exception as exc:
             heartbeat.stop(run_id)
-            _UNRECORDED[run_id] = message
+            unrecorded.remember(run_id, message)  # for whoever closes the run later
             print(f"kdbench: could not record run {run_id} as {status} ({message}): {exc}", file=sys.stderr, flush=True)
 
     def mark_killed(self, run_id: str, message: str, details: str) -> None:
