@@ -3,6 +3,7 @@ stale RUNNING runs, and the tracking server going away mid-suite."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -76,10 +77,16 @@ class CutTracking(_Base):
             switch.cut()
         return {"ce": self.ce(batch)}
 
+class Flaky(_Base):
+    def loss_terms(self, batch):
+        if os.environ.get("FAULT_FLAKY"):
+            raise RuntimeError("flaky this time")
+        return {"ce": self.ce(batch)}
+
 @kdbench.hookimpl
 def register_methods(register):
     for name, cls in (("crash", Crash), ("nanloss", NanLoss), ("slow", Slow), ("interrupt", Interrupt),
-                      ("cut_tracking", CutTracking)):
+                      ("cut_tracking", CutTracking), ("flaky", Flaky)):
         register(kdbench.Method(name, cls))
 """
 
@@ -199,6 +206,22 @@ def test_failing_and_nan_cells_are_recorded_and_the_others_go_on(faulty, kdbench
     (parent,) = runs_of(client, "faulty", "invocation")
     assert parent.info.status == "FAILED"
     assert parent.data.metrics["cells_failed"] == 2 and parent.data.metrics["cells_finished"] == 1
+
+
+def test_a_forced_rerun_that_failed_shows_on_the_leaderboard(faulty, kdbench_env, monkeypatch):
+    suite = write_suite(kdbench_env, "rerun", ["flaky"])
+    assert invoke("--plugins-dir", str(faulty), "run", str(suite)).exit_code == 0
+    monkeypatch.setenv("FAULT_FLAKY", "1")
+    again = invoke("--plugins-dir", str(faulty), "run", str(suite), "--force", "--methods", "flaky")
+    assert again.exit_code == 1 and "RuntimeError: flaky this time" in again.output
+    board = invoke("--plugins-dir", str(faulty), "leaderboard", "rerun", "--format", "md")
+    assert board.exit_code == 0, board.output
+    (flaky,) = [line for line in board.stdout.splitlines() if line.startswith("| ") and " flaky " in line]
+    assert "latest run of 1 cell(s) failed (an earlier finished run is averaged)" in flaky
+    header = next(line for line in board.stdout.splitlines() if "latest run failed" in line)
+    cells = dict(zip([h.strip() for h in header.split("|")], [c.strip() for c in flaky.split("|")]))
+    assert cells["latest run failed"] == "1" and cells["top-1"] != "—"  # the finished run is still averaged
+    assert "- **failed**: 0" in board.stdout  # no cell is without a finished run
 
 
 # --------------------------------------------------------------------------- teacher cache
@@ -374,16 +397,21 @@ def test_tracking_server_going_away_fails_the_cell_clearly_then_resumes(faulty, 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    monkeypatch.setenv("KDBENCH_TRACKING_RETRIES", "2")
+    monkeypatch.setenv("KDBENCH_TRACKING_TIMEOUT_S", "2")  # the whole wait for the outage, announced
     monkeypatch.setenv("KDBENCH_TRACKING_BACKOFF_S", "0.2")
+    monkeypatch.setenv("KDBENCH_TRACKING_PROBE_S", "0")  # in one process, the rerun finds the store back at once
     monkeypatch.setitem(sys.modules, "_kdbench_fault_switch", types.SimpleNamespace(cut=proxy.cut))
     suite = write_suite(kdbench_env, "server-away", ["cut_tracking"], epochs=2)
     args = ("--plugins-dir", str(faulty), "run", str(suite))
 
+    start = time.monotonic()
     result = invoke(*args)  # baseline finishes; the server goes away during cut_tracking's 2nd epoch
     assert result.exit_code == 1, result.output
+    assert time.monotonic() - start < 60  # one bounded wait, not one per call
     assert "1 cell(s) failed" in result.output
-    assert f"TrackingError: tracking store {uri} unreachable: log_batch failed 3 time(s)" in result.output
+    assert f"tracking store {uri} is not answering" in result.output and "retrying for up to 2s" in result.output
+    assert re.search(rf"TrackingError: tracking store {re.escape(uri)} unreachable: log_batch failed \d+ time\(s\) "
+                     r"over [0-3]s", result.output)
 
     client = MlflowClient(mlflow_server)  # straight to the server: what was recorded before the cut is there
     cut_run = by_method(runs_of(client, "server-away", "cell"))["cut_tracking"][0]
@@ -399,6 +427,8 @@ def test_tracking_server_going_away_fails_the_cell_clearly_then_resumes(faulty, 
         proxy.cut()
     runs = runs_of(client, "server-away")
     assert not [r for r in runs if r.info.status == "RUNNING"]
-    assert client.get_run(cut_run.info.run_id).info.status == "KILLED"
+    closed = client.get_run(cut_run.info.run_id)
+    assert closed.info.status == "KILLED"  # with the error its cell ended with, kept while the store was away
+    assert "it had ended with TrackingError: tracking store" in closed.data.tags["kdbench.error"]
     finished = [r for r in runs_of(client, "server-away", "cell") if r.info.status == "FINISHED"]
     assert sorted(r.data.tags["kdbench.method"] for r in finished) == ["baseline", "cut_tracking"]

@@ -187,3 +187,21 @@ def test_rows_deploying_the_baselines_own_model_show_1x_however_noisy_its_one_me
     # a different model is a ratio of two measurements: the reference's 30% CV withholds it
     assert math.isnan(board.loc["prune", "speedup.cpu.fp32"])
     assert board.loc["prune", "speedup_note.cpu.fp32"] == "unreliable (CV 30%)"
+
+
+def test_a_rerun_that_failed_shows_on_its_row_though_the_earlier_finished_run_is_averaged():
+    f = frame(
+        row("baseline", 0, 60.0), row("baseline", 1, 62.0),
+        row("kd", 0, 70.0, start=1), row("kd", 0, None, status="FAILED", start=2),  # --force rerun failed
+        row("kd", 1, 71.0, start=1),
+        row("fit", 0, None, status="KILLED", start=1), row("fit", 0, 58.0, start=5),  # killed, then finished
+        row("fit", 1, 59.0, start=1),
+    )
+    board = aggregate(f).set_index("method")
+    assert board.loc["kd", "top1_mean"] == pytest.approx(70.5) and board.loc["kd", "failed"] == 0
+    assert board.loc["kd", "latest_failed"] == 1 and board.loc["kd", "rerun_failed"] == 1
+    assert "latest run of 1 cell(s) failed" in board.loc["kd", "flags"]
+    assert board.loc["fit", "latest_failed"] == 0 and "failed" not in board.loc["fit", "flags"]
+    assert board.loc["baseline", "latest_failed"] == 0
+    shown = display_frame(aggregate(f)).set_index("method")
+    assert shown.loc["kd", "latest run failed"] == "1" and shown.loc["fit", "latest run failed"] == "0"

@@ -173,7 +173,7 @@ def test_cli_lists_plugins_and_broken_ones(kdbench_env):
     write(d / "broken_one.py", "raise ImportError('missing dependency xyz')\n")
     result = CliRunner().invoke(cli, ["--plugins-dir", str(d), "list", "plugins", "--json"])
     assert result.exit_code == 0, result.output
-    rows = {r["name"]: r for r in json.loads(result.output)}
+    rows = {r["name"]: r for r in json.loads(result.stdout)}  # the warning about it goes to stderr
     assert rows["broken_one"]["status"] == "broken"
     assert "missing dependency xyz" in rows["broken_one"]["error"]
     assert rows["kd"]["status"] == "loaded" and rows["kd"]["hooks"] == ["register_methods"]
@@ -254,3 +254,47 @@ def test_the_dataset_cache_can_be_dropped(kdbench_env):
     assert cell.load_data(host, spec) is first  # built once per process
     cell.clear_data_cache()
     assert cell.load_data(host, spec) is not first
+
+
+BROKEN_WSKD = """
+import kdbench
+import wskd_missing_dependency  # not installed: the plugin fails to import
+
+@kdbench.hookimpl
+def register_methods(register):
+    register(kdbench.Method("wskd", object))
+"""
+
+
+def test_a_broken_plugin_is_never_silent(kdbench_env):
+    """Every command that loads plugins warns once per broken plugin; an unknown name names the broken
+    plugin that would have provided it (found by its name, or by its source naming the item)."""
+    from click.testing import CliRunner
+
+    from kdbench.cli import cli
+    from kdbench.core.host import reset_host
+
+    d = kdbench_env / "plugins"
+    d.mkdir()
+    write(d / "weighted_soft_kd.py", BROKEN_WSKD)
+    for args in (["list", "methods"], ["list", "pairs", "--json"], ["leaderboard", "nothing-here"]):
+        reset_host()
+        result = CliRunner().invoke(cli, ["--plugins-dir", str(d), *args])
+        warning = ("warning: plugin 'weighted_soft_kd' (plugins-dir) failed to load: "
+                   "ModuleNotFoundError: No module named 'wskd_missing_dependency'")
+        assert result.stderr.count(warning) == 1, (args, result.stderr)
+        assert warning not in result.stdout
+
+    reset_host()
+    result = CliRunner().invoke(cli, ["--plugins-dir", str(d), "run", "--methods", "wskd", "--dry-run"])
+    assert result.exit_code == 2
+    error = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1 and "no method 'wskd'" in error[0]
+    assert "Plugin 'weighted_soft_kd' would have provided it but failed to load: ModuleNotFoundError" in error[0]
+    assert "Traceback" not in result.output
+
+    # a name no broken plugin mentions: every broken plugin is named as one that may have provided it
+    reset_host()
+    result = CliRunner().invoke(cli, ["--plugins-dir", str(d), "run", "--pairs", "nopair", "--dry-run"])
+    assert result.exit_code == 2
+    assert "1 plugin(s) failed to load and may have provided it: 'weighted_soft_kd'" in result.stderr

@@ -71,9 +71,12 @@ def cli(ctx: click.Context, plugins_dir: str | None) -> None:
 
 
 def host_from(ctx: click.Context):
+    from kdbench.core.broken import warn_broken
     from kdbench.core.host import get_host
 
-    return get_host((ctx.obj or {}).get("plugins_dir"))
+    host = get_host((ctx.obj or {}).get("plugins_dir"))
+    warn_broken(host)  # every command that loads plugins says which failed, once
+    return host
 
 
 from kdbench.cli import bench as _bench  # noqa: E402  (commands register themselves on `cli`)

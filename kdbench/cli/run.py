@@ -86,8 +86,6 @@ def run_command(ctx: click.Context, suite: str, methods, pairs, datasets, seeds,
 
         mlflow.set_tracking_uri(tracking_uri)
     host = host_from(ctx)
-    for broken in host.broken:
-        click.echo(f"warning: plugin {broken.name!r} failed to load: {broken.error}", err=True)
     pair_names = _names(pairs)
     if teacher_checkpoint and pair_names is None:
         pair_names = [p.name for p in host.suites.get(suite).pairs] if suite in host.suites else []
@@ -125,7 +123,8 @@ def run_command(ctx: click.Context, suite: str, methods, pairs, datasets, seeds,
     for col in ("cell", "spec hash", "status", "top-1 (last)", "time"):
         table.add_column(col)
     for r in result.results:
-        top1 = f"{r.metrics['top1']:.2f}" if "top1" in r.metrics else ("done before" if r.status == "SKIPPED" else "—")
+        skipped = (r.error or "done before") if r.status == "SKIPPED" else "—"  # done before, or held elsewhere
+        top1 = f"{r.metrics['top1']:.2f}" if "top1" in r.metrics else skipped
         table.add_row(r.cell.label, r.cell.short_hash, r.status, top1, f"{r.seconds:.0f}s" if r.seconds else "")
     Console(width=200 if not Console().is_terminal else None).print(table)
     where = f"run {result.parent_run_id}" if result.parent_run_id else \

@@ -29,6 +29,7 @@ from typing import Any
 import pluggy
 
 from kdbench.core import hookspecs
+from kdbench.core.broken import provider_hint
 from kdbench.core.api import Dataset, Executor, Hardware, Method, ModelPair
 from kdbench.core.config import Suite
 from kdbench.core.errors import KdbenchError
@@ -58,6 +59,7 @@ class BrokenPlugin:
     source: str
     error: str  # one line
     details: str = ""  # traceback
+    location: str = ""  # file path, or the entry point's ``module:attr``
 
 
 def _env_list(var: str) -> set[str] | None:
@@ -114,7 +116,10 @@ class PluginHost:
         self.info: dict[str, PluginInfo] = {}
         self.broken: list[BrokenPlugin] = []
         for k in KINDS:
-            setattr(self, k.registry, Registry(k.label, k.item_type))
+            registry = Registry(k.label, k.item_type)
+            # an unknown name names the broken plugin that would have provided it
+            registry.missing_hint = lambda name, _label=k.label: provider_hint(self, _label, name)
+            setattr(self, k.registry, registry)
         self.allow: frozenset[str] | None = frozenset(allow) if allow is not None else None
         self.block: frozenset[str] = frozenset(block)
         self.recipe = HostRecipe(allow=self.allow, block=self.block)  # completed by load_host
@@ -140,12 +145,12 @@ class PluginHost:
         if unknown:
             hint = did_you_mean(unknown[0], sorted(hookspecs.HOOK_NAMES))
             msg = f"unknown hook {unknown[0]!r}" + (f" — did you mean {hint!r}?" if hint else "")
-            self.broken.append(BrokenPlugin(name, info.source, msg))
+            self.broken.append(BrokenPlugin(name, info.source, msg, location=info.location))
             return False
         try:
             self.pm.register(plugin, name=name)
         except Exception as exc:  # pluggy validates hook signatures here
-            self.broken.append(BrokenPlugin(name, info.source, _one_line(exc), traceback.format_exc()))
+            self.broken.append(BrokenPlugin(name, info.source, _one_line(exc), traceback.format_exc(), info.location))
             return False
         info.hooks = sorted(
             h.name for h in self.pm.get_hookcallers(plugin) or [] if h.name in hookspecs.HOOK_NAMES
@@ -172,7 +177,7 @@ class PluginHost:
             try:
                 module = ep.load()
             except Exception as exc:
-                host.broken.append(BrokenPlugin(ep.name, "entry point", _one_line(exc), traceback.format_exc()))
+                host.broken.append(BrokenPlugin(ep.name, "entry point", _one_line(exc), traceback.format_exc(), ep.value))
                 continue
             host.add_plugin(module, ep.name, info)
 
@@ -188,7 +193,7 @@ class PluginHost:
             try:
                 module = _import_file(path, f"kdbench_loose_plugins.{name}")
             except Exception as exc:
-                self.broken.append(BrokenPlugin(name, "plugins-dir", _one_line(exc), traceback.format_exc()))
+                self.broken.append(BrokenPlugin(name, "plugins-dir", _one_line(exc), traceback.format_exc(), str(path)))
                 continue
             self.add_plugin(module, name, info)
 
@@ -209,7 +214,8 @@ class PluginHost:
                 try:
                     impl.function(register=register)
                 except Exception as exc:
-                    self.broken.append(BrokenPlugin(owner, self._source(owner), _one_line(exc), traceback.format_exc()))
+                    self.broken.append(BrokenPlugin(owner, self._source(owner), _one_line(exc), traceback.format_exc(),
+                                                    self.info[owner].location if owner in self.info else ""))
                 if names and owner in self.info:
                     self.info[owner].registered.setdefault(k.registry, []).extend(names)
 

@@ -7,7 +7,7 @@ fail with the closest match and the list of valid names.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
 from kdbench.core.errors import KdbenchError, UnknownNameError
@@ -31,6 +31,8 @@ class Registry(Generic[T]):
         self.item_type = item_type
         self._items: dict[str, T] = {}
         self._owners: dict[str, str] = {}
+        # name → a sentence about where it might have come from (the plugin host: a broken plugin), or None
+        self.missing_hint: Callable[[str], str | None] | None = None
 
     def register(self, item: T, *, owner: str = "?") -> None:
         if not isinstance(item, self.item_type):
@@ -61,7 +63,9 @@ class Registry(Generic[T]):
         if hint:
             msg += f" — did you mean {hint!r}?"
         valid = ", ".join(names) if names else "(none registered)"
-        return f"{msg} Valid {self.kind}s: {valid}"
+        msg = f"{msg} Valid {self.kind}s: {valid}"
+        extra = self.missing_hint(name) if self.missing_hint is not None else None
+        return f"{msg}. {extra}" if extra else msg
 
     def owner(self, name: str) -> str:
         return self._owners[name]

@@ -41,7 +41,7 @@ def is_open(run_id: str) -> bool:
 def _beat_forever() -> None:
     from mlflow.tracking import MlflowClient
 
-    from kdbench.record.client import store_lock
+    from kdbench.record.locks import store_lock
 
     clients: dict[str | None, Any] = {}
     while True:

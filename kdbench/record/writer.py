@@ -22,7 +22,8 @@ import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from kdbench.record import heartbeat, schema
+from kdbench.core.diskspace import explain_write_error
+from kdbench.record import heartbeat, schema, unrecorded
 from kdbench.record.client import RetryingClient, TrackingError, client
 from kdbench.record.liveness import close_open_children, owner_tags
 from kdbench.record.provenance import provenance_tags
@@ -102,11 +103,14 @@ class Writer:
         self.client.log_text(run_id, suite.model_dump_json(indent=2), schema.SUITE_JSON)
         return run_id
 
-    def end_invocation(self, experiment_id: str, run_id: str, *, finished: int, failed: int) -> None:
-        """Close the invocation (and any child its worker left open: an OOM kill, a lost node); never raises
-        for an unreachable store, which is printed instead."""
+    def end_invocation(self, experiment_id: str, run_id: str, *, finished: int, failed: int,
+                       errors: Mapping[str, str] | None = None) -> None:
+        """Close the invocation (and any child its worker left open: an OOM kill, a lost node, or a cell that
+        could not close its run while the store was away, recorded with ``errors[run_id]``, the error its cell
+        ended with); never raises for an unreachable store, which is printed instead."""
         try:
-            close_open_children(self.client, experiment_id, run_id, FAILED, "its worker ended without closing the run")
+            close_open_children(self.client, experiment_id, run_id, FAILED, "its worker ended without closing the run",
+                                {**unrecorded.known(), **(errors or {})})
             log_metrics(self.client, run_id, {schema.CELLS_FINISHED: finished, schema.CELLS_FAILED: failed})
             self.client.set_terminated(run_id, FAILED if failed else FINISHED)
         except TrackingError as exc:
@@ -158,7 +162,10 @@ class Writer:
         """``save(path)`` writes the model as the artifact ``name``; returns its bytes."""
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, name)
-            save(path)
+            try:
+                save(path)
+            except Exception as exc:
+                raise explain_write_error(exc, path) or exc  # a full disk says so, not torch's "unexpected pos"
             size = os.path.getsize(path)
             self.client.log_artifact(run_id, path)
         return size
@@ -190,6 +197,7 @@ class Writer:
                 self.client.set_terminated(run_id, status)
         except Exception as exc:
             heartbeat.stop(run_id)
+            unrecorded.remember(run_id, message)  # for whoever closes the run later
             print(f"kdbench: could not record run {run_id} as {status} ({message}): {exc}", file=sys.stderr, flush=True)
 
     def mark_killed(self, run_id: str, message: str, details: str) -> None:

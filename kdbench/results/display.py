@@ -34,7 +34,7 @@ def _count(v: float) -> str:
 # columns every row needs, in this order, never moved above the table
 KEY_COLUMNS = ("rank", "method", "top-1", "95% CI", "Δ baseline")
 # context: stated once above the table when it is the same on every row, even in a one-row table
-SETTING_COLUMNS = ("dataset", "pair", "precision", "seeds", "teachers", "teacher top-1", "failed")
+SETTING_COLUMNS = ("dataset", "pair", "precision", "seeds", "teachers", "teacher top-1", "failed", "latest run failed")
 TEXT_COLUMNS = {"method", "dataset", "pair", "precision", "flags", "A", "B", "status", "error", "run_id"}
 # the columns of one hardware target (``cpu-1t ms``, ``cpu-1t speed-up`` ...): grouped under the target's name
 TARGET_SUFFIXES = ("ms", "speed-up", "Pareto", "compile s")
@@ -136,6 +136,8 @@ def display_frame(board: pd.DataFrame, compact: bool = True) -> pd.DataFrame:
             if any(not _isnan(v) for v in compile_s):
                 out[f"{label} compile s"] = ["—" if _isnan(v) else f"{v:.1f}" for v in compile_s]
     out["failed"] = board["failed"].to_numpy()
+    if "latest_failed" in board and (board["latest_failed"].fillna(0) > 0).any():  # a rerun that failed shows
+        out["latest run failed"] = ["—" if _isnan(v) else f"{int(v)}" for v in board["latest_failed"]]
     if "flags" in board and board["flags"].astype(bool).any():
         out["flags"] = board["flags"].to_numpy()
     return split_fixed(out) if compact else out

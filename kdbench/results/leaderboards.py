@@ -7,7 +7,9 @@ record, :mod:`kdbench.record`), :func:`aggregate` turns rows into the leaderboar
 - one row per (suite, dataset, pair, method pipeline);
 - only FINISHED runs are averaged; when a cell (spec hash) ran more than
   once, its latest finished run counts; failed or unfinished cells are
-  counted in ``failed`` and never averaged in;
+  counted in ``failed`` and never averaged in; ``latest_failed`` counts the
+  cells whose latest attempt failed or was killed (``rerun_failed``: those
+  of them with an earlier finished run, which is averaged, and flagged);
 - top-1/top-5 mean, sample std and a 95% confidence interval (Student's t)
   over seeds; delta against the student baseline paired by (teacher, student) seed; delta
   against the teacher and retention (student / teacher);
@@ -120,6 +122,13 @@ def latest_finished(frame: pd.DataFrame) -> pd.DataFrame:
     return finished.drop_duplicates("spec_hash", keep="last")
 
 
+def latest_failed(frame: pd.DataFrame) -> pd.DataFrame:
+    """The cells (spec hashes) whose latest run, by start time, FAILED or was KILLED: a rerun that failed
+    after an earlier one finished shows here, though the finished run is what the board averages."""
+    latest = frame.sort_values("start_time").drop_duplicates("spec_hash", keep="last")
+    return latest[latest["status"].isin(["FAILED", "KILLED"])]
+
+
 def aggregate(frame: pd.DataFrame, published: Mapping[str, Any] | None = None,
               hardware: Iterable[str] | None = None) -> pd.DataFrame:
     """The leaderboard: one row per (suite, dataset, pair, method)."""
@@ -132,6 +141,8 @@ def aggregate(frame: pd.DataFrame, published: Mapping[str, Any] | None = None,
     finished = latest_finished(frame)
     not_finished = frame[(frame["status"] != "FINISHED") & ~frame["spec_hash"].isin(finished["spec_hash"])]
     unfinished_counts = not_finished.drop_duplicates("spec_hash").groupby(GROUP).size()
+    latest_failed_counts = latest_failed(frame).groupby(GROUP).size()
+    rerun_failed = set(latest_failed(frame)["spec_hash"]) & set(finished["spec_hash"])
 
     if "teacher_seed" not in finished:
         finished["teacher_seed"] = 0
@@ -163,6 +174,8 @@ def aggregate(frame: pd.DataFrame, published: Mapping[str, Any] | None = None,
         row.update({
             "teacher": g["teacher"].iloc[0], "student": g["student"].iloc[0],
             "seeds": int(g["seed"].nunique()), "failed": int(unfinished_counts.get(key, 0)),
+            "latest_failed": int(latest_failed_counts.get(key, 0)),
+            "rerun_failed": int(g["spec_hash"].isin(rerun_failed).sum()),
             "top1_mean": _mean(g["top1"]), "top1_std": _std(g["top1"]), "top1_ci95": ci95(g["top1"]),
             "top5_mean": _mean(g["top5"]), "top5_std": _std(g["top5"]), "top5_ci95": ci95(g["top5"]),
             "delta_baseline": _mean(g["_delta"]), "delta_baseline_std": _std(g["_delta"]),
@@ -203,7 +216,8 @@ def aggregate(frame: pd.DataFrame, published: Mapping[str, Any] | None = None,
     seen = {tuple(r[k] for k in GROUP) for r in rows}
     for key, count in unfinished_counts.items():
         if key not in seen:  # nothing finished: the row shows its failures only
-            rows.append({**dict(zip(GROUP, key)), "seeds": 0, "failed": int(count)})
+            rows.append({**dict(zip(GROUP, key)), "seeds": 0, "failed": int(count),
+                         "latest_failed": int(latest_failed_counts.get(key, 0)), "rerun_failed": 0})
     board = pd.DataFrame(rows)
     for col in ("top1_mean", "mixed_versions", "mixed_recipes", "mixed_environments", "mixed_code", "teachers"):
         if col not in board:
@@ -211,10 +225,11 @@ def aggregate(frame: pd.DataFrame, published: Mapping[str, Any] | None = None,
     board["flags"] = [
         ", ".join(f for f, on in (("mixed kdbench versions", mv), ("mixed recipes", mr),
                                   ("mixed environments (torch or CPU)", me),
-                                  ("mixed method code (plugin version or source)", mc), ("one teacher", nt == 1))
-                  if on is True)
-        for mv, mr, me, mc, nt in zip(board["mixed_versions"], board["mixed_recipes"], board["mixed_environments"],
-                                      board["mixed_code"], board["teachers"])
+                                  ("mixed method code (plugin version or source)", mc), ("one teacher", nt == 1),
+                                  (f"latest run of {rf} cell(s) failed (an earlier finished run is averaged)",
+                                   bool(rf) and rf > 0)) if on is True)
+        for mv, mr, me, mc, nt, rf in zip(board["mixed_versions"], board["mixed_recipes"], board["mixed_environments"],
+                                          board["mixed_code"], board["teachers"], board["rerun_failed"])
     ]
     board = board.sort_values(["suite", "dataset", "pair", "top1_mean"], ascending=[True, True, True, False],
                               na_position="last").reset_index(drop=True)

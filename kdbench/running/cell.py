@@ -20,6 +20,7 @@ from kdbench.engine.seeding import torch_threads
 from kdbench.measurement.measure import MACS_COUNTER, static_metrics
 from kdbench.measurement.phase import Pending, fingerprint, keep_for_measurement
 from kdbench.record import schema
+from kdbench.record.claims import claim_cell
 from kdbench.record.writer import Writer
 from kdbench.running.code import method_code
 from kdbench.running.pipeline import stage_plan, deploy_targets, reuse_from_mlflow, run_method
@@ -104,13 +105,18 @@ def run_cell(job: Job, host: PluginHost) -> CellResult:
     cell = job.cell
     writer = Writer.connect(job.tracking_uri)
     start = time.perf_counter()
-    try:
-        run_id = writer.start_cell(job.experiment_id, job.parent_run_id, cell, plugin_versions=host.plugin_versions(),
-                                   macs_counter=MACS_COUNTER, recipe_hash=recipe_hash(cell),
-                                   code=method_code(host, cell.method))
+    try:  # the cell's run is its claim: another live invocation holding the cell makes this one skip it
+        claim = claim_cell(writer.client, job.experiment_id, job.parent_run_id, cell.spec_hash, cell.label,
+                           lambda: writer.start_cell(job.experiment_id, job.parent_run_id, cell,
+                                                     plugin_versions=host.plugin_versions(),
+                                                     macs_counter=MACS_COUNTER, recipe_hash=recipe_hash(cell),
+                                                     code=method_code(host, cell.method)))
     except Exception as exc:  # the tracking store is away: nothing can be recorded, say so
         message = f"{type(exc).__name__}: {exc}".splitlines()[0]
         return CellResult(cell, "FAILED", None, error=message, seconds=time.perf_counter() - start)
+    if claim.run_id is None:
+        return CellResult(cell, "SKIPPED", claim.held_by, error=claim.reason, seconds=time.perf_counter() - start)
+    run_id = claim.run_id
     try:
         writer.log_cell_spec(run_id, cell, method_option_params(host, cell))
         host.call("cell_started", cell=cell, run_id=run_id)

@@ -20,6 +20,7 @@ from kdbench.record.reader import finished_cells
 from kdbench.record import schema
 from kdbench.record.writer import Writer
 from kdbench.core.api import CellResult, Job
+from kdbench.running.checks import check_teacher_cache
 from kdbench.running.teachers import cache_dir
 from kdbench.running.cell import load_data, run_job, teacher_cache_key
 from kdbench.running.resume import plan_resume, say
@@ -251,6 +252,7 @@ def preflight(suite: Suite, host: PluginHost, cells: list[CellSpec]) -> None:
                     f"batch size {recipe.batch_size} is larger than the training set of {str(cell.dataset)!r} "
                     f"({len(data.train)} samples); use --batch-size {len(data.train)} or less"
                 )
+    check_teacher_cache(cells)  # an unwritable cache would fail every cell after it trained a teacher
 
 
 @dataclass
@@ -326,8 +328,10 @@ def run_suite(
         writer.abort_invocation(experiment_id, parent, status, f"invocation ended: {reason}")
         raise
     failed = [r for r in results if r.status == "FAILED"]
-    # a worker that died (OOM kill, lost node) cannot close its runs: they are marked FAILED, not left RUNNING
-    writer.end_invocation(experiment_id, parent, finished=len(results) - len(failed), failed=len(failed))
+    # a worker that died (OOM kill, lost node) cannot close its runs: they are marked FAILED, not left RUNNING;
+    # one whose cell failed because the store was away gets the error its cell ended with
+    writer.end_invocation(experiment_id, parent, finished=sum(r.status == "FINISHED" for r in results),
+                          failed=len(failed), errors={r.run_id: r.error for r in failed if r.run_id and r.error})
     order = {cell.spec_hash: i for i, cell in enumerate(cells)}
     all_results = sorted(results + skipped, key=lambda r: order[r.cell.spec_hash])
     return SuiteRun(suite, cells, all_results, experiment_id, parent, time.perf_counter() - start)

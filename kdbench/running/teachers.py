@@ -37,6 +37,7 @@ from kdbench.engine.objectives import CrossEntropy
 from kdbench.engine.seeding import torch_threads
 from kdbench.engine.models import count_params, create_model
 from kdbench.engine.seeding import seed_everything
+from kdbench.core.diskspace import explain_write_error
 from kdbench.core.errors import ConfigError, KdbenchError
 from kdbench.running.progress import TrainingProgress
 
@@ -247,14 +248,20 @@ def _cache_lock(path: Path, key: str):
 
 def _atomic_write(path: Path, write: Callable[[str], Any]) -> None:
     """``write(tmp)`` then rename over ``path``: a reader never sees half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    except OSError as exc:
+        raise explain_write_error(exc, path) or exc
     os.close(fd)
     try:
         write(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        full = explain_write_error(exc, path) if isinstance(exc, Exception) else None
+        if full is not None:  # not torch's "unexpected pos 451712 vs 451544"
+            raise full from exc
         raise
 
 

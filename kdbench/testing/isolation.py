@@ -108,10 +108,13 @@ def fresh_store(uri: str) -> None:
 
 
 def clear_process_caches() -> None:
-    """Forget what this process cached for earlier tests (the dataset bundles cells built)."""
+    """Forget what this process cached for earlier tests (the dataset bundles cells built, tracking stores
+    found down)."""
+    from kdbench.record.client import forget_outages
     from kdbench.running.cell import clear_data_cache
 
     clear_data_cache()
+    forget_outages()
 
 
 __all__ = [
