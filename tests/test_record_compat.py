@@ -87,7 +87,8 @@ def test_the_dump_loads_faithfully(old_store):
 # Leaderboard columns added since 0.1.0 built tests/data/store_v0_1_0_leaderboard.json. A new column is a
 # deliberate change of the leaderboard: name it here; every column 0.1.0 had must stay, with its values.
 ADDED_COLUMNS: tuple[str, ...] = ("rank_low", "rank_high", "tied_with_best", "teachers", "teacher_top1_std",
-                                  "mixed_environments", "speedup_note.cpu.fp32", "mixed_code")
+                                  "mixed_environments", "speedup_note.cpu.fp32", "mixed_code",
+                                  "latest_failed", "rerun_failed")
 
 
 def test_a_store_written_by_0_1_0_reads_into_the_same_leaderboard(old_store):

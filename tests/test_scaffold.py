@@ -160,7 +160,8 @@ def test_plugins_command_lists_broken_plugins_with_their_error(kdbench_env):
         "import kdbench\n@kdbench.hookimpl\ndef register_datasets(register):\n    raise ValueError('no data today')\n")
     result = invoke("--plugins-dir", str(d), "plugins", "--json")
     assert result.exit_code == 0, result.output
-    rows = {r["name"]: r for r in json.loads(result.output)}
+    assert "warning: plugin 'needs_xyz' (plugins-dir) failed to load" in result.stderr
+    rows = {r["name"]: r for r in json.loads(result.stdout)}  # the warnings go to stderr
     assert rows["needs_xyz"]["status"] == "broken" and rows["needs_xyz"]["source"] == "plugins-dir"
     assert rows["needs_xyz"]["error"] == "ModuleNotFoundError: No module named 'xyz_not_installed'"
     assert rows["bad_register"]["status"] == "broken" and rows["bad_register"]["hooks"] == ["register_datasets"]
@@ -183,7 +184,7 @@ def test_new_refuses_a_non_empty_directory(kdbench_env):
 def test_scaffolded_plugins_are_listed(kdbench_env, scaffolded):
     result = invoke("plugins", "--json")
     assert result.exit_code == 0, result.output
-    rows = {r["name"]: r for r in json.loads(result.output)}
+    rows = {r["name"]: r for r in json.loads(result.stdout)}
     for kind, name in NAMES.items():
         row = rows[name]
         hook = find_kind(kind).hook

@@ -52,7 +52,15 @@ def test_first_party_dataset_pair_hardware_executor(host):
     assert tiny.student_params < tiny.teacher_params and tiny.feature_taps
     cpu = check_hardware("cpu", host=host)
     assert cpu.available and cpu.metrics["latency_p50_ms.cpu.fp32"] > 0
+
+
+
+def test_local_executor_meets_the_contract_in_process_and_in_workers(host, monkeypatch):
+    monkeypatch.setenv("KDBENCH_JOBS", "1")
     assert check_executor("local", host=host).worker_pids == [os.getpid()]
+    monkeypatch.setenv("KDBENCH_JOBS", "2")
+    pids = check_executor("local", host=host).worker_pids
+    assert len(pids) == 2 and os.getpid() not in pids
 
 
 def test_unavailable_hardware_is_reported_not_failed(host):
