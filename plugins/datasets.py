@@ -22,6 +22,7 @@ import numpy as np
 
 import kdbench
 from kdbench.core.errors import DataError
+from kdbench.core.paths import cache_root
 
 from . import _glyphs
 from ._data import ArrayDataset, IndexedDataset, Normalize, RandomCropFlip, check_augment, train_transform
@@ -37,10 +38,8 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 def _glyph_cache_file(*params) -> Path:
     """Where generated glyphs are kept: under the kdbench cache, named by the parameters and the generator's
     source (an edit to ``_glyphs.py`` generates them anew)."""
-    root = os.environ.get("KDBENCH_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "kdbench")
     source = hashlib.sha256(Path(_glyphs.__file__).read_bytes()).hexdigest()[:12]
-    return Path(root) / "data" / f"glyphs-{'-'.join(map(str, params))}-{source}.npz"
+    return cache_root() / "data" / f"glyphs-{'-'.join(map(str, params))}-{source}.npz"
 
 
 @functools.lru_cache(maxsize=4)

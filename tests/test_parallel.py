@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 import textwrap
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
@@ -35,6 +39,8 @@ def test_two_workers_give_the_numbers_of_one_process_and_measure_after_training(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", parallel_uri)
     result = invoke("run", *FAST, "--seeds", "0,1", "--jobs", "2")
     assert result.exit_code == 0, result.output
+    # the workers' epoch lines reach the command's own output, through the driver's progress board
+    assert "kd/tiny/seed1 epoch 2/2" in result.output and "baseline/tiny/seed0 epoch 2/2" in result.output
     client = MlflowClient(parallel_uri)
     runs = cell_runs(client)
     assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
@@ -79,16 +85,20 @@ def register_methods(register):
 
 
 def test_a_killed_worker_fails_its_cell_and_the_others_finish(kdbench_env, monkeypatch):
+    """Also: a pruner in the same run starts from the baseline cell's student."""
     plugins = kdbench_env / "plugins"
     plugins.mkdir()
     (plugins / "dies_method.py").write_text(textwrap.dedent(SIGKILL_PLUGIN))
     monkeypatch.setenv("KDBENCH_PLUGINS_DIR", str(plugins))
-    result = invoke("run", *FAST, "--methods", "baseline,dies,kd", "--jobs", "2")
+    result = invoke("run", *FAST, "--methods", "baseline,prune(ratio=0.3,finetune_epochs=1),dies,kd", "--jobs", "2")
     assert result.exit_code == 1, result.output
     assert "its worker process died (killed by SIGKILL)" in result.output
     runs = {r.data.tags[schema.METHOD]: r for r in cell_runs(MlflowClient())}
-    assert {m: r.info.status for m, r in runs.items()} == {"baseline": "FINISHED", "dies": "FAILED", "kd": "FINISHED"}
+    prune = next(m for m in runs if m.startswith("prune"))
+    assert {m: r.info.status for m, r in runs.items()} == {
+        "baseline": "FINISHED", "dies": "FAILED", "kd": "FINISHED", prune: "FINISHED"}
     assert "latency_p50_ms.cpu.fp32" in runs["kd"].data.metrics  # the survivors were measured
+    assert runs[prune].data.tags["kdbench.stage1.source"].startswith(f"run {runs['baseline'].info.run_id} ")
 
 
 def test_generated_glyphs_are_cached_on_disk_for_every_worker(kdbench_env):
@@ -105,4 +115,49 @@ def test_generated_glyphs_are_cached_on_disk_for_every_worker(kdbench_env):
     fresh = _glyphs.generate(40, num_classes=10, noise=0.15, seed=3, split_seed=0)
     assert (xtr2 == fresh[0]).all() and (ytr2 == fresh[1]).all()
     assert (xtr2 == xtr).all() and (xte2 == xte).all() and (yte2 == yte).all()
+    # it is the file that is read: what the file holds comes back
+    np.savez(path, xtr=xtr[::-1], ytr=ytr[::-1], xte=xte, yte=yte)
     _glyph_arrays.cache_clear()
+    (xtr3, _), _ = _glyph_arrays(40, 20, 10, 0.15, 3)
+    assert (xtr3 == xtr[::-1]).all()
+    _glyph_arrays.cache_clear()
+
+
+@dataclass
+class FakeCell:
+    spec_hash: str
+    label: str
+
+
+@dataclass
+class FakeJob:
+    """What the scheduler reads of a ``kdbench.Job``: the cell, the cell it must follow, no teacher."""
+
+    cell: FakeCell
+    after: str | None
+    log: str
+    env: dict = field(default_factory=dict)
+    teacher_key: str | None = None
+
+
+def timed_job(job: FakeJob) -> str:
+    """Runs in a worker: the baseline stands for a long training, the others are quick; start/end logged."""
+    start = time.time()
+    time.sleep(1.5 if job.cell.label == "baseline" else 0.1)
+    with open(job.log, "a") as fh:
+        fh.write(f"{job.cell.label} {start} {time.time()}\n")
+    return job.cell.label
+
+
+def test_a_cell_that_reuses_another_cells_student_starts_after_it(tmp_path):
+    """``Job.after``: with a free worker, the pruner still waits for the baseline it starts from; the
+    independent cell takes the free worker meanwhile."""
+    from kdbench.running.workers import run_in_workers
+
+    log = str(tmp_path / "log.txt")
+    jobs = [FakeJob(FakeCell("b", "baseline"), None, log), FakeJob(FakeCell("p", "prune"), "b", log),
+            FakeJob(FakeCell("k", "kd"), None, log)]
+    assert run_in_workers(jobs, timed_job, 2, threads=1) == ["baseline", "prune", "kd"]
+    times = {label: (float(a), float(b)) for label, a, b in (line.split() for line in open(log))}
+    assert times["prune"][0] >= times["baseline"][1]
+    assert times["kd"][0] < times["baseline"][1]  # the other worker did not idle

@@ -48,7 +48,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -62,7 +61,7 @@ from kdbench.measurement.targets import (
     PRECISIONS, SUPPORTED_PRECISIONS, compile_problem, default_threads, describe_target, metric_suffix,
     precision_problem, target_threads,
 )
-from kdbench.measurement.timing import Clock, percentile_stats, timed_calls
+from kdbench.measurement.timing import Clock, percentile_stats, throughput_figures, timed_calls
 from kdbench.record import schema
 from kdbench.record.schema import on_target
 
@@ -158,7 +157,7 @@ def measure_latency(
             memory.sample()
             out.update(percentile_stats(times, "latency", suffix))
             out[on_target(schema.LATENCY_BATCH, suffix)] = spec.batch_size
-            big = spec.throughput_batch_size
+            big, big_times = spec.throughput_batch_size, None
             if big and big != spec.batch_size:
                 xb = _input(big, input_size, device, channels_last)
                 clock.sync()
@@ -171,12 +170,9 @@ def measure_latency(
                 big_times = timed_calls(lambda: run(xb), clock, min_time=spec.throughput_min_run_time,
                                         min_calls=THROUGHPUT_MIN_CALLS, max_time=spec.max_run_time)
                 memory.sample()
-                out[on_target(schema.THROUGHPUT, suffix)] = big * 1e3 / float(np.median(big_times))
-                out[on_target(schema.THROUGHPUT_BATCH, suffix)] = big
                 del xb
-            else:
-                out[on_target(schema.THROUGHPUT, suffix)] = spec.batch_size * 1e3 / out[on_target(schema.LATENCY_P50, suffix)]
-                out[on_target(schema.THROUGHPUT_BATCH, suffix)] = spec.batch_size
+            out.update(throughput_figures(big_times, big, spec.batch_size, out[on_target(schema.LATENCY_P50, suffix)],
+                                          suffix))
         peak = memory.peak_bytes()
         if peak is not None:
             out[on_target(schema.PEAK_MEM_MB, suffix)] = peak / 2**20

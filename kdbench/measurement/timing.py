@@ -80,3 +80,17 @@ def timed_calls(
     finally:
         if gc_was_enabled:
             gc.enable()
+
+
+def throughput_figures(big_times_ms: list[float] | None, big: int, latency_batch: int, latency_p50_ms: float,
+                       suffix: str = "") -> dict[str, float]:
+    """Images per second and the batch it was taken at: from the timed calls at the throughput batch
+    ``big`` when there were any, else from the latency batch's median."""
+    from kdbench.record import schema
+    from kdbench.record.schema import on_target
+
+    if big_times_ms is not None:
+        ips, batch = big * 1e3 / float(np.median(big_times_ms)), big
+    else:
+        ips, batch = latency_batch * 1e3 / latency_p50_ms, latency_batch
+    return {on_target(schema.THROUGHPUT, suffix): ips, on_target(schema.THROUGHPUT_BATCH, suffix): batch}

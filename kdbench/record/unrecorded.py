@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import threading
 from pathlib import Path
+
+from kdbench.core.paths import cache_root
 
 _KNOWN: dict[str, str] = {}  # run id → error, this process
 _LOCK = threading.Lock()
 
 
 def journal_path() -> Path:
-    root = os.environ.get("KDBENCH_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "kdbench")
-    return Path(root) / "unrecorded-errors.jsonl"
+    return cache_root() / "unrecorded-errors.jsonl"
 
 
 def remember(run_id: str, message: str) -> None:

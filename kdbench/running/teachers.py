@@ -39,16 +39,14 @@ from kdbench.engine.models import count_params, create_model
 from kdbench.engine.seeding import seed_everything
 from kdbench.core.diskspace import explain_write_error
 from kdbench.core.errors import ConfigError, KdbenchError
+from kdbench.core.paths import cache_root
 from kdbench.running.progress import TrainingProgress
 
 CACHE_FORMAT = 1
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("KDBENCH_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "kdbench"
-    )
-    return Path(root) / "teachers"
+    return cache_root() / "teachers"
 
 
 @dataclass

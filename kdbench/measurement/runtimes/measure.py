@@ -39,7 +39,7 @@ from kdbench.measurement.runtimes.base import NotApplicable, Runtime, RuntimeInp
 from kdbench.measurement.runtimes.export import (
     FP32_TOLERANCE, Agreement, Exported, agreement, export_onnx, reference_logits,
 )
-from kdbench.measurement.timing import Clock, percentile_stats, timed_calls
+from kdbench.measurement.timing import Clock, percentile_stats, throughput_figures, timed_calls
 from kdbench.record import schema
 from kdbench.record.schema import on_target
 
@@ -187,7 +187,7 @@ def measure_runtime(model: nn.Module, hw: Hardware, input_size: tuple[int, int, 
     memory.sample()
     out.update(percentile_stats(times, "latency", suffix))
     out[on_target(schema.LATENCY_BATCH, suffix)] = spec.batch_size
-    big = spec.throughput_batch_size
+    big, big_times = spec.throughput_batch_size, None
     if big and big != spec.batch_size:
         run_big = runtime.session(prepared.path, threads, big, input_size)
         xb = rng.standard_normal((big, *input_size), dtype=np.float32)
@@ -195,12 +195,8 @@ def measure_runtime(model: nn.Module, hw: Hardware, input_size: tuple[int, int, 
         big_times = timed_calls(lambda: run_big(xb), clock, min_time=spec.throughput_min_run_time,
                                 min_calls=THROUGHPUT_MIN_CALLS, max_time=spec.max_run_time)
         memory.sample()
-        out[on_target(schema.THROUGHPUT, suffix)] = big * 1e3 / float(np.median(big_times))
-        out[on_target(schema.THROUGHPUT_BATCH, suffix)] = big
         del run_big
-    else:
-        out[on_target(schema.THROUGHPUT, suffix)] = spec.batch_size * 1e3 / out[on_target(schema.LATENCY_P50, suffix)]
-        out[on_target(schema.THROUGHPUT_BATCH, suffix)] = spec.batch_size
+    out.update(throughput_figures(big_times, big, spec.batch_size, out[on_target(schema.LATENCY_P50, suffix)], suffix))
     peak = memory.peak_bytes()
     if peak is not None:
         out[on_target(schema.PEAK_MEM_MB, suffix)] = peak / 2**20
