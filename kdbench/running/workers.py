@@ -35,10 +35,10 @@ JOBS_ENV = "KDBENCH_JOBS"
 
 
 def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    """The physical cores this process may use (as for a measurement target's threads)."""
+    from kdbench.measurement.targets import default_threads
+
+    return default_threads()
 
 
 def available_memory() -> int | None:
